@@ -1,0 +1,85 @@
+import pickle
+
+import pytest
+import torch
+
+from tune_hw import data, models
+from tune_hw.errors import UserError
+
+CASES = [  # every registered model, on the shapes of a dataset it is studied on
+    ("mlp", "countries", {"width": 16, "depth": 3, "norm": "batch", "residual": True}),
+    ("mlp", "digits", {"width": 16, "depth": 2, "norm": "layer", "activation": "tanh"}),
+    ("cnn", "digits", {"kernel_size": 5, "channels": 8, "depth": 2, "norm": "batch"}),
+    ("resnet18", "digits", {"mode": "scratch"}),
+]
+
+
+def test_every_registered_model_has_a_case():
+    assert {name for name, _, _ in CASES} == set(models.MODELS)
+
+
+@pytest.mark.parametrize("name, dataset, hp", CASES)
+def test_model_builds_and_runs_forward_backward(name, dataset, hp):
+    options = {"n_train": 64, "n_val": 8, "n_test": 8} if dataset == "countries" else {}
+    splits = data.load(dataset, **options)
+    model = models.build(name, splits.in_shape, splits.num_classes, **hp)
+    logits = model(splits.train.x[:16])
+    assert logits.shape == (16, splits.num_classes)
+    torch.nn.functional.cross_entropy(logits, splits.train.y[:16]).backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_mlp_depth_counts_hidden_blocks():
+    model = models.build("mlp", (2,), 10, width=8, depth=100)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 102  # input projection + 100 blocks + head
+
+
+def test_unknown_model_and_hyperparameter_errors_list_valid_names():
+    with pytest.raises(UserError, match=r"unknown model 'vit': use one of \['cnn', 'mlp'"):
+        models.build("vit", (2,), 10)
+    with pytest.raises(UserError, match="has no hyperparameter.*'colour'.*it takes"):
+        models.build("mlp", (2,), 10, colour="red")
+    with pytest.raises(UserError, match="model.norm is 'group'"):
+        models.build("mlp", (2,), 10, norm="group")
+
+
+def test_linear_probe_trains_only_the_head_and_keeps_backbone_statistics(tmp_path):
+    source = models.build("resnet18", (1, 8, 8), 5)
+    path = tmp_path / "source.pt"
+    torch.save(source.state_dict(), path)
+    probe = models.build("resnet18", (1, 8, 8), 3, mode="linear_probe", weights=str(path))
+    trainable = [n for n, p in probe.named_parameters() if p.requires_grad]
+    assert trainable == ["net.fc.weight", "net.fc.bias"]
+    assert torch.equal(probe.net.conv1.weight, source.conv1.weight)
+    probe.train()
+    assert not probe.net.bn1.training and probe.net.fc.training
+    before = probe.net.bn1.running_mean.clone()
+    probe(torch.rand(8, 1, 8, 8))
+    assert torch.equal(before, probe.net.bn1.running_mean)
+
+
+def test_finetune_needs_weights_and_rejects_unfit_ones(tmp_path):
+    with pytest.raises(UserError, match="needs pretrained weights"):
+        models.build("resnet18", (1, 8, 8), 3, mode="finetune")
+    path = tmp_path / "mlp.pt"
+    torch.save(models.build("mlp", (2,), 3).state_dict(), path)
+    with pytest.raises(UserError, match="do not fit this resnet18"):
+        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(tmp_path / "x.pt"))
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_weights_file_with_pickled_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _Exploit()}, f)
+    with pytest.raises(UserError, match="cannot be loaded safely"):
+        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(path))
+    assert "pwned" not in capsys.readouterr().out

@@ -1,0 +1,93 @@
+import math
+
+import pandas as pd
+import pytest
+
+from tune_hw import results
+from tune_hw.errors import UserError
+
+
+def rows(*val_accs, diverged_last=False):
+    out = [{"epoch": i + 1, "steps": 10, "train_loss": 1.0, "train_acc": v + 0.1,
+            "val_loss": 1 - v, "val_acc": v, "test_loss": 1.0, "test_acc": v - 0.05, "lr": 0.1,
+            "epoch_s": 2.0, "samples_per_s": 5.0, "step_loss_std": 0.1, "diverged": False,
+            "node_id": "n1", "gpu_ids": "", "seed": 0, "num_params": 7}
+           for i, v in enumerate(val_accs)]
+    if diverged_last:
+        out[-1].update(diverged=True, val_acc=0.0, val_loss=1e9)
+    return out
+
+
+def record(trial_id, val_accs, epochs=3, **kw):
+    diverged = kw.pop("diverged_last", False)
+    return results.TrialRecord(trial_id, {"train.epochs": epochs, "train.lr": 0.1},
+                               rows(*val_accs, diverged_last=diverged), **kw)
+
+
+def test_statuses_best_epoch_and_final_metrics():
+    trials, epochs, _ = results.build_tables([
+        record("a", [0.5, 0.7, 0.6]),
+        record("b", [0.4]),
+        record("c", [0.3, 0.2], diverged_last=True),
+        record("d", [0.2], error="RuntimeError: boom"),
+        record("e", [0.2], ended=False),
+        record("f", [], ended=False),
+    ])
+    by_id = trials.set_index("trial_id")
+    assert by_id.status.to_dict() == {"a": "completed", "b": "early_stopped", "c": "diverged",
+                                      "d": "error", "e": "running", "f": "pending"}
+    a = by_id.loc["a"]
+    assert (a.best_epoch, a.best_val_acc, a.final_epoch, a.final_val_acc) == (2, 0.7, 3, 0.6)
+    assert a.test_acc_at_best == pytest.approx(0.65) and a.train_acc_at_best == pytest.approx(0.8)
+    assert a.wall_s == 6.0 and a["config/train.lr"] == 0.1
+    assert by_id.loc["d"].error == "RuntimeError: boom"
+    assert list(epochs.columns) == results.EPOCH_COLUMNS and len(epochs) == 8
+
+
+def test_a_retried_epoch_keeps_its_latest_report():
+    rec = record("a", [0.5, 0.6, 0.7])
+    rec.rows.insert(2, {**rec.rows[1], "val_acc": 0.1})  # epoch 2 reported, lost, redone
+    rec.rows[1], rec.rows[2] = rec.rows[2], rec.rows[1]
+    _, epochs, _ = results.build_tables([rec])
+    assert epochs.epoch.tolist() == [1, 2, 3] and epochs.val_acc.tolist() == [0.5, 0.6, 0.7]
+
+
+def test_grad_rows_index_layers_from_input():
+    rec = record("a", [0.5])
+    rec.rows[0].update(grad_layers=["stem", "head"], grad_norms=[1e-6, 0.5])
+    _, _, grads = results.build_tables([rec])
+    assert grads.to_dict("records") == [
+        {"trial_id": "a", "epoch": 1, "layer": 0, "name": "stem", "grad_norm": 1e-6},
+        {"trial_id": "a", "epoch": 1, "layer": 1, "name": "head", "grad_norm": 0.5}]
+
+
+def test_write_and_load_round_trip(tmp_path):
+    results.write_run(tmp_path, [record("a", [0.5, 0.6])], {"name": "s", "space": {}})
+    run = results.load_run(tmp_path)
+    assert run.trials.trial_id.tolist() == ["a"] and run.study["name"] == "s"
+    assert len(run.epochs) == 2 and run.grads.empty
+
+
+def test_a_failed_write_leaves_the_previous_file_readable(tmp_path):
+    results.write_run(tmp_path, [record("a", [0.5])], {"name": "s"})
+
+    def crash(path):
+        open(path, "wb").write(b"half a parquet")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        results._atomic_write(tmp_path / results.TRIALS_FILE, crash)
+    assert pd.read_parquet(tmp_path / results.TRIALS_FILE).trial_id.tolist() == ["a"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_load_run_refuses_a_directory_that_is_not_a_run(tmp_path):
+    with pytest.raises(UserError, match="is not a tune_hw run"):
+        results.load_run(tmp_path)
+
+
+def test_nan_val_epochs_never_win():
+    rec = record("a", [0.5, 0.6])
+    rec.rows[1]["val_acc"] = math.nan
+    trials, _, _ = results.build_tables([rec])
+    assert trials.best_epoch.iloc[0] == 1

@@ -1,0 +1,95 @@
+import textwrap
+
+import pytest
+
+from tune_hw import search, spaces
+from tune_hw.spaces import STUDY_DIR, StudyError
+
+GOOD = """
+description: test study
+dataset: {name: countries, n_train: 500}
+model: {name: mlp, width: 16, depth: 2}
+train: {epochs: 3, lr: 0.01, batch_size: 32}
+space:
+  train.lr: {loguniform: [1.0e-4, 1.0]}
+  train.batch_size: {choice: [8, 32]}
+search: {algorithm: optuna, num_samples: 4}
+quick: {num_samples: 2, train.epochs: 1}
+"""
+
+
+def write(tmp_path, text, name="study.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("study", sorted(p.stem for p in STUDY_DIR.glob("*.yaml")))
+def test_every_shipped_study_and_its_quick_profile_validate(study):
+    full, quick = spaces.load_study(study), spaces.load_study(study, quick=True)
+    assert full.description and quick.search["num_samples"] <= full.search["num_samples"]
+    assert search.param_space(quick)
+
+
+def test_quick_profile_and_overrides_apply_in_order(tmp_path):
+    path = write(tmp_path, GOOD)
+    study = spaces.load_study(str(path), quick=True, overrides={"train.epochs": 2})
+    assert study.search["num_samples"] == 2 and study.train["epochs"] == 2
+    assert study.train["momentum"] == 0.0  # defaults filled
+    fixed = spaces.load_study(str(path), overrides={"train.lr": 0.5})
+    assert "train.lr" not in fixed.space and fixed.train["lr"] == 0.5
+
+
+def test_param_space_is_flat_and_dotted(tmp_path):
+    space = search.param_space(spaces.load_study(str(write(tmp_path, GOOD))))
+    assert space["model.width"] == 16 and space["dataset.name"] == "countries"
+    assert space["train.lr"].lower == 1e-4 and space["train.lr"].upper == 1.0
+
+
+BAD = [  # (replace this, with that, message fragment)
+    ("description: test study", "description: [unclosed", "invalid YAML at line"),
+    ("description: test study", "colour: red", "unknown key(s) ['colour']"),
+    ("{name: mlp, width: 16, depth: 2}", "{name: vit}", "unknown model 'vit'"),
+    ("{name: mlp, width: 16, depth: 2}", "{name: mlp, colour: 2}", "no hyperparameter(s) ['colour']"),
+    ("{name: countries, n_train: 500}", "{name: imagenet}", "unknown dataset 'imagenet'"),
+    ("{name: countries, n_train: 500}", "{name: countries, size: 3}", "no option(s) ['size']"),
+    ("lr: 0.01, batch_size: 32}", "lr: 0.01, batch_size: 32, optimizer: lion}", "train.optimizer is 'lion'"),
+    ("[1.0e-4, 1.0]", "[1.0, 1.0e-4]", "low must be < high"),
+    ("{loguniform: [1.0e-4, 1.0]}", "{loguniform: [0, 1.0]}", "a log range must be > 0"),
+    ("[1.0e-4, 1.0]", "[1e-4, 1.0]", "'1e-4' is a string"),
+    ("lr: 0.01, batch_size", "lr: 1e-2, batch_size", "train.lr must be float, got '1e-2' (YAML reads"),
+    ("{algorithm: optuna, num_samples: 4}", "{algorithm: optuna, num_samples: 0}", "num_samples must be >= 1"),
+    ("{epochs: 3,", "{epochs: -1,", "train.epochs must be >= 1"),
+    ("{algorithm: optuna, num_samples: 4}", "{algorithm: hyperband}", "search.algorithm is 'hyperband'"),
+    ("{algorithm: optuna, num_samples: 4}", "{metric: test_acc}", "search.metric is 'test_acc'"),
+    ("{choice: [8, 32]}", "{grid: [8, 32]}", "grid is not supported by optuna"),
+    ("{choice: [8, 32]}", "{normal: [8, 32]}", "must be one distribution of"),
+    ("space:\n  train.lr: {loguniform: [1.0e-4, 1.0]}\n  train.batch_size: {choice: [8, 32]}",
+     "space: {}", "space is empty"),
+    ("train.batch_size:", "optim.batch_size:", "must start with one of"),
+    ("description: test study", "description: !!python/object/apply:os.system [echo hi]", "invalid YAML"),
+]
+
+
+@pytest.mark.parametrize("old, new, message", BAD)
+def test_bad_study_files_name_file_key_and_fix(tmp_path, old, new, message):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(StudyError) as info:
+        spaces.load_study(str(path))
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_study_name_lists_the_shipped_ones():
+    with pytest.raises(spaces.UserError, match=r"unknown study 'nope': use one of \[.*'lr_batch'"):
+        spaces.load_study("nope")
+
+
+def test_grid_defaults_to_one_pass_and_section_variants(tmp_path):
+    text = GOOD.replace("search: {algorithm: optuna, num_samples: 4}", "search: {algorithm: grid}")
+    text = text.replace("{loguniform: [1.0e-4, 1.0]}", "{grid: [0.1, 0.01]}")
+    text = text.replace("{choice: [8, 32]}", "{grid: [8, 32]}")
+    study = spaces.load_study(str(write(tmp_path, text)))
+    assert study.search["num_samples"] == 1
+    assert len(spaces.section_variants(study, "train")) == 4

@@ -1,0 +1,74 @@
+import io
+import math
+
+import pytest
+import torch
+
+from tune_hw import trainable
+from tune_hw.results import EPOCH_COLUMNS
+
+
+def collect(config, state=None):
+    """Run a trial without Ray; states are saved at report time, as Tune's reporter does
+    (the state holds live views of the model's tensors)."""
+    rows, states = [], []
+    trainable.run_trial(config, lambda m, s: (rows.append(m), states.append(_roundtrip(s))),
+                        state)
+    return rows, states
+
+
+def _roundtrip(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_reports_every_epoch_column_each_epoch_and_learns(tiny_countries):
+    rows, states = collect({**tiny_countries, "train.epochs": 8})
+    assert [r["epoch"] for r in rows] == list(range(1, 9))
+    for row in rows:
+        assert set(EPOCH_COLUMNS) - {"trial_id"} <= set(row)
+        assert row["steps"] == 16 and row["lr"] == 0.05 and not row["diverged"]
+        assert row["step_loss_std"] > 0 and row["samples_per_s"] > 0
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_acc"] > 0.3  # chance is 0.1 on ten countries
+    assert states[-1]["epoch"] == 8 and rows[0]["num_params"] == sum(
+        p.numel() for p in states[0]["model"].values() if p.dtype.is_floating_point)
+
+
+@pytest.mark.parametrize("batch_size, steps", [(1, 512), (16, 32), (1024, 1)])
+def test_batch_size_sets_the_number_of_optimizer_steps(tiny_countries, batch_size, steps):
+    # batch 1024 over 512 rows is one full batch: nothing is padded or dropped
+    rows, _ = collect({**tiny_countries, "train.epochs": 1, "train.batch_size": batch_size})
+    assert rows[0]["steps"] == steps
+
+
+def test_resuming_from_a_checkpoint_continues_exactly(tiny_countries):
+    full, states = collect(tiny_countries)
+    resumed, _ = collect(tiny_countries, states[0])
+    assert [r["epoch"] for r in resumed] == [2, 3]
+    for a, b in zip(full[1:], resumed, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-6)
+        assert a["train_acc"] == b["train_acc"]
+
+
+def test_nan_loss_ends_the_trial_as_diverged_with_finite_metrics(tiny_countries):
+    rows, _ = collect({**tiny_countries, "train.lr": 1e6, "train.epochs": 5})
+    last = rows[-1]
+    assert last["diverged"] and len(rows) < 5
+    assert last["val_acc"] == 0.0 and math.isfinite(last["val_loss"])
+
+
+def test_gradient_tracking_reports_one_norm_per_linear_layer(tiny_countries):
+    rows, _ = collect({**tiny_countries, "model.depth": 4, "train.track_grads": True,
+                       "train.epochs": 1})
+    assert rows[0]["grad_layers"][0] == "stem.1" and rows[0]["grad_layers"][-1] == "head"
+    assert len(rows[0]["grad_norms"]) == 6 and min(rows[0]["grad_norms"]) > 0
+
+
+def test_same_seed_same_result_other_seed_other_result(tiny_countries):
+    config = {**tiny_countries, "train.epochs": 1}
+    a, b = collect(config)[0][0], collect(config)[0][0]
+    c = collect({**config, "train.seed": 1})[0][0]
+    assert a["val_loss"] == b["val_loss"] != c["val_loss"]

@@ -1,0 +1,207 @@
+"""The results contract: parquet schema, table building, atomic writes and `load_run`.
+
+A run directory holds `trials.parquet`, `epochs.parquet`, `grads.parquet` (when gradient
+tracking was on) and `study.yaml`, next to Ray's own experiment files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from tune_hw.errors import UserError
+
+EPOCH_COLUMNS = [
+    "trial_id", "epoch", "steps", "train_loss", "train_acc", "val_loss", "val_acc",
+    "test_loss", "test_acc", "lr", "epoch_s", "samples_per_s", "step_loss_std",
+]
+TRIAL_SUMMARY_COLUMNS = [
+    "best_epoch", "best_val_acc", "val_loss_at_best", "train_acc_at_best", "test_acc_at_best",
+    "final_epoch", "final_val_acc", "final_test_acc", "wall_s", "node_id", "gpu_ids", "seed",
+    "num_params", "error",
+]
+GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
+STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")
+
+TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
+    "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
+
+
+@dataclass
+class TrialRecord:
+    """What a search produced for one trial: its config, every reported epoch, its error.
+
+    `ended` is Ray's word that the trial stopped (finished, stopped early or failed);
+    a trial of an interrupted search has not ended.
+    """
+
+    trial_id: str
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]
+    error: str | None = None
+    ended: bool = True
+
+
+@dataclass
+class Run:
+    """A run directory read back: the three tables and the resolved study."""
+
+    path: Path
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    grads: pd.DataFrame
+    study: dict[str, Any]
+
+
+def epoch_rows(record: TrialRecord) -> list[dict[str, Any]]:
+    """One row per epoch; a retried epoch (after a restore) keeps its latest report."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for row in record.rows:
+        if "epoch" in row and row["epoch"] is not None and not _is_nan(row["epoch"]):
+            by_epoch[int(row["epoch"])] = row
+    return [
+        {"trial_id": record.trial_id, **{c: by_epoch[e].get(c) for c in EPOCH_COLUMNS[1:]}}
+        for e in sorted(by_epoch)
+    ]
+
+
+def trial_status(record: TrialRecord, epochs: list[dict]) -> str:
+    """completed | early_stopped | diverged | error | running | pending (search interrupted)."""
+    last = record.rows[-1] if record.rows else {}
+    if last.get("diverged") is True:
+        return "diverged"
+    if record.error:
+        return "error"
+    target = int(record.config.get("train.epochs", 0) or 0)
+    final_epoch = epochs[-1]["epoch"] if epochs else 0
+    if final_epoch >= target > 0:
+        return "completed"
+    if record.ended:
+        return "early_stopped"
+    return "running" if epochs else "pending"
+
+
+def trial_summary(record: TrialRecord, epochs: list[dict]) -> dict[str, Any]:
+    """One `trials.parquet` row: status, config, best-by-validation and final metrics."""
+    last = record.rows[-1] if record.rows else {}
+    healthy = [e for e in epochs if not _is_nan(e["val_acc"])]
+    best = max(healthy, key=lambda e: (e["val_acc"], -e["epoch"])) if healthy else {}
+    final = epochs[-1] if epochs else {}
+    wall_s = last.get("time_total_s")
+    if wall_s is None:
+        wall_s = sum(e["epoch_s"] or 0.0 for e in epochs)
+    row = {
+        "trial_id": record.trial_id,
+        "status": trial_status(record, epochs),
+        **{f"config/{k}": _parquet_safe(v) for k, v in sorted(record.config.items())},
+        "best_epoch": best.get("epoch"),
+        "best_val_acc": best.get("val_acc"),
+        "val_loss_at_best": best.get("val_loss"),
+        "train_acc_at_best": best.get("train_acc"),
+        "test_acc_at_best": best.get("test_acc"),
+        "final_epoch": final.get("epoch", 0),
+        "final_val_acc": final.get("val_acc"),
+        "final_test_acc": final.get("test_acc"),
+        "wall_s": wall_s,
+        "node_id": last.get("node_id"),
+        "gpu_ids": last.get("gpu_ids"),
+        "seed": last.get("seed", record.config.get("train.seed")),
+        "num_params": last.get("num_params"),
+        "error": record.error,
+    }
+    return row
+
+
+def grad_rows(record: TrialRecord) -> list[dict[str, Any]]:
+    """Per-layer gradient norms, where the trainable reported them (layers input → output)."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for row in record.rows:
+        if isinstance(row.get("grad_norms"), (list, tuple)):
+            by_epoch[int(row["epoch"])] = row
+    out = []
+    for epoch, row in sorted(by_epoch.items()):
+        pairs = zip(row["grad_layers"], row["grad_norms"], strict=True)
+        for layer, (name, norm) in enumerate(pairs):
+            out.append({"trial_id": record.trial_id, "epoch": epoch, "layer": layer,
+                        "name": name, "grad_norm": float(norm)})
+    return out
+
+
+def build_tables(records: Iterable[TrialRecord]
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Turn trial records into the (trials, epochs, grads) DataFrames of the schema."""
+    trials, epochs, grads = [], [], []
+    for record in records:
+        rows = epoch_rows(record)
+        epochs.extend(rows)
+        trials.append(trial_summary(record, rows))
+        grads.extend(grad_rows(record))
+    trials_df = pd.DataFrame(trials, columns=_trial_columns(trials))
+    epochs_df = pd.DataFrame(epochs, columns=EPOCH_COLUMNS)
+    grads_df = pd.DataFrame(grads, columns=GRAD_COLUMNS)
+    return trials_df, epochs_df.astype({"epoch": "int64"}), grads_df
+
+
+def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[str, Any]
+              ) -> Run:
+    """Write every results file of a run atomically and return what was written."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trials, epochs, grads = build_tables(records)
+    _atomic_write(run_dir / TRIALS_FILE, lambda p: trials.to_parquet(p, index=False))
+    _atomic_write(run_dir / EPOCHS_FILE, lambda p: epochs.to_parquet(p, index=False))
+    if len(grads):
+        _atomic_write(run_dir / GRADS_FILE, lambda p: grads.to_parquet(p, index=False))
+    _atomic_write(run_dir / STUDY_FILE,
+                  lambda p: Path(p).write_text(yaml.safe_dump(study, sort_keys=False)))
+    return Run(run_dir, trials, epochs, grads, study)
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory back; a directory that is not a run is a `UserError`."""
+    run_dir = Path(run_dir)
+    if not (run_dir / TRIALS_FILE).is_file():
+        raise UserError(f"{run_dir} is not a tune_hw run: it has no {TRIALS_FILE}; "
+                        "pass a directory like runs/<study>/<run_name>")
+    trials = pd.read_parquet(run_dir / TRIALS_FILE)
+    epochs = pd.read_parquet(run_dir / EPOCHS_FILE) if (run_dir / EPOCHS_FILE).is_file() \
+        else pd.DataFrame(columns=EPOCH_COLUMNS)
+    grads = pd.read_parquet(run_dir / GRADS_FILE) if (run_dir / GRADS_FILE).is_file() \
+        else pd.DataFrame(columns=GRAD_COLUMNS)
+    study_path = run_dir / STUDY_FILE
+    study = yaml.safe_load(study_path.read_text()) if study_path.is_file() else {}
+    return Run(run_dir, trials, epochs, grads, study or {})
+
+
+def _trial_columns(trials: list[dict]) -> list[str]:
+    config_keys = sorted({k for t in trials for k in t if k.startswith("config/")})
+    return ["trial_id", "status", *config_keys, *TRIAL_SUMMARY_COLUMNS]
+
+
+def _parquet_safe(value: Any) -> Any:
+    """Lists and dicts in a config column become strings so one column keeps one type."""
+    return str(value) if isinstance(value, (list, tuple, dict)) else value
+
+
+def _is_nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write to a temporary file in the same directory, then rename over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

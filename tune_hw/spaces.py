@@ -1,0 +1,359 @@
+"""Read and validate `search_spaces/*.yaml` into a `Study` and a Ray Tune param_space.
+
+Every error names the file, the key, the rule, the value received and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tune_hw import data, models
+from tune_hw.errors import UserError
+from tune_hw.trainable import OPTIMIZERS, TRAIN_DEFAULTS
+
+STUDY_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SECTIONS = ("dataset", "model", "train")
+TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
+            "quick"}
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
+SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": "val_acc", "mode": "max",
+                   "max_concurrent": 0}
+SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
+RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
+FAILURE_DEFAULTS = {"max_failures": 2}
+ALGORITHMS, SCHEDULERS, MODES = ("optuna", "random", "grid"), ("asha", "fifo"), ("max", "min")
+METRICS = ("val_acc", "val_loss")  # never test_*: the test split must not feed any choice
+
+
+@dataclass
+class Study:
+    """A validated study: fixed settings per section, the searched space, how to search."""
+
+    name: str
+    path: Path
+    description: str
+    dataset: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]
+    space: dict[str, dict[str, Any]]
+    search: dict[str, Any]
+    scheduler: dict[str, Any]
+    resources: dict[str, Any]
+    failure: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self) -> dict[str, Any]:
+        """The study as it runs, for `study.yaml` in the run directory."""
+        return {"name": self.name, "description": self.description, "dataset": self.dataset,
+                "model": self.model, "train": self.train, "space": self.space,
+                "search": self.search, "scheduler": self.scheduler,
+                "resources": self.resources, "failure": self.failure, **self.extra}
+
+
+class StudyError(UserError):
+    """A study file breaks a rule; the message names file, key and fix."""
+
+
+def study_path(name_or_path: str) -> Path:
+    """`lr_batch` -> search_spaces/lr_batch.yaml; a path is taken as is."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"study file {path} does not exist")
+        return path
+    path = STUDY_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
+        raise UserError(f"unknown study {name_or_path!r}: use one of {known} or a path to a "
+                        "YAML file")
+    return path
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Safe-load a study file; Python object tags and syntax errors become one line."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise StudyError(f"{path}: invalid YAML{where}: {problem}; fix the syntax (only plain "
+                         "YAML is accepted, no Python tags)") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: a study file must be a mapping of keys, got "
+                         f"{type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict:
+    """Set dotted keys (`train.epochs`, `search.num_samples`, `num_samples`) in a raw study."""
+    raw = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        key = "search.num_samples" if key == "num_samples" else key
+        section, _, name = key.partition(".")
+        if section not in TOP_KEYS - {"description", "quick"} or not name:
+            raise StudyError(f"{path}: cannot set {key!r}: use section.key with a section of "
+                             f"{sorted(TOP_KEYS - {'description', 'quick'})}")
+        if section == "space":
+            raw.setdefault("space", {})[name] = value
+        else:
+            target = raw.setdefault(section, {})
+            if not isinstance(target, dict):
+                raise StudyError(f"{path}: {section} must be a mapping")
+            target[name] = value
+            if section != "search":  # a fixed value replaces a search over the same key
+                (raw.get("space") or {}).pop(key, None)
+    return raw
+
+
+def load_study(name_or_path: str, quick: bool = False,
+               overrides: dict[str, Any] | None = None) -> Study:
+    """Read, override (quick profile, then --set values) and validate a study."""
+    path = study_path(name_or_path)
+    raw = read_yaml(path)
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise StudyError(f"{path}: unknown key(s) {sorted(unknown)}: allowed top-level keys "
+                         f"are {sorted(TOP_KEYS)}")
+    if quick:
+        if not isinstance(raw.get("quick"), dict):
+            raise StudyError(f"{path}: --quick needs a 'quick:' profile mapping, e.g. "
+                             "quick: {num_samples: 4, train.epochs: 2}")
+        raw = apply_overrides(raw, raw["quick"], path)
+    raw = apply_overrides(raw, overrides or {}, path)
+    return validate(raw, path)
+
+
+def validate(raw: dict[str, Any], path: Path) -> Study:
+    """Check every section and the space; fill defaults."""
+    where = str(path)
+    dataset = _section(raw, "dataset", where)
+    model = _section(raw, "model", where)
+    train = {**TRAIN_DEFAULTS, **_section(raw, "train", where)}
+    space = raw.get("space") or {}
+    if not isinstance(space, dict) or not space:
+        raise StudyError(f"{where}: space is empty: search at least one key, e.g. "
+                         "space: {train.lr: {loguniform: [1.0e-4, 1.0e-1]}}")
+    search = _merge(SEARCH_DEFAULTS, raw.get("search"), "search", where)
+    if search["algorithm"] == "grid" and "num_samples" not in (raw.get("search") or {}):
+        search["num_samples"] = 1  # with grid, num_samples counts repeats of the whole grid
+    scheduler = _merge(SCHEDULER_DEFAULTS, raw.get("scheduler"), "scheduler", where)
+    resources = _merge(RESOURCE_DEFAULTS, raw.get("resources"), "resources", where)
+    failure = _merge(FAILURE_DEFAULTS, raw.get("failure"), "failure", where)
+    study = Study(path.stem, path, str(raw.get("description", "")), dataset, model, train,
+                  space, search, scheduler, resources, failure)
+    _check_space(study, where)
+    _check_train(train, where)
+    _check_search(study, where)
+    for variant in section_variants(study, "model"):
+        _check_model(variant, where)
+    for variant in section_variants(study, "dataset"):
+        _check_dataset(variant, where)
+    return study
+
+
+def _section(raw: dict, name: str, where: str) -> dict[str, Any]:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: {name} must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _merge(defaults: dict, given: Any, name: str, where: str) -> dict[str, Any]:
+    given = given or {}
+    if not isinstance(given, dict):
+        raise StudyError(f"{where}: {name} must be a mapping, got {given!r}")
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise StudyError(f"{where}: {name} has unknown key(s) {sorted(unknown)}: allowed are "
+                         f"{sorted(defaults)}")
+    merged = {**defaults, **given}
+    for key, default in defaults.items():
+        _check_type(f"{name}.{key}", merged[key], default, where)
+    return merged
+
+
+def _check_type(key: str, value: Any, default: Any, where: str) -> None:
+    """A value must have the type of its default; YAML's string '1e-4' gets a pointed hint."""
+    if default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, int) and not isinstance(default, bool) and ok:
+            ok = float(value).is_integer()
+    else:
+        ok = isinstance(value, type(default))
+    if ok:
+        return
+    hint = ""
+    if isinstance(value, str) and _looks_numeric(value):
+        hint = f" (YAML reads {value} as a string: write it with a dot, e.g. 1.0e-4)"
+    raise StudyError(f"{where}: {key} must be {type(default).__name__}, got {value!r}{hint}")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_train(train: dict[str, Any], where: str) -> None:
+    unknown = set(train) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise StudyError(f"{where}: train has unknown key(s) {sorted(unknown)}: allowed are "
+                         f"{sorted(TRAIN_DEFAULTS)}")
+    for key, default in TRAIN_DEFAULTS.items():
+        _check_type(f"train.{key}", train[key], default, where)
+    if train["optimizer"] not in OPTIMIZERS:
+        raise StudyError(f"{where}: train.optimizer is {train['optimizer']!r}: use one of "
+                         f"{sorted(OPTIMIZERS)}")
+    for key, low in (("epochs", 1), ("batch_size", 1)):
+        if train[key] < low:
+            raise StudyError(f"{where}: train.{key} must be >= {low}, got {train[key]}")
+    if train["lr"] <= 0:
+        raise StudyError(f"{where}: train.lr must be > 0, got {train['lr']}")
+
+
+def _check_search(study: Study, where: str) -> None:
+    search, scheduler, resources = study.search, study.scheduler, study.resources
+    for key, value, allowed in (("search.algorithm", search["algorithm"], ALGORITHMS),
+                                ("search.mode", search["mode"], MODES),
+                                ("search.metric", search["metric"], METRICS),
+                                ("scheduler.name", scheduler["name"], SCHEDULERS)):
+        if value not in allowed:
+            raise StudyError(f"{where}: {key} is {value!r}: use one of {list(allowed)}")
+    if search["num_samples"] < 1:
+        raise StudyError(f"{where}: search.num_samples must be >= 1, got "
+                         f"{search['num_samples']}")
+    if scheduler["grace_period"] < 1 or scheduler["reduction_factor"] <= 1:
+        raise StudyError(f"{where}: scheduler needs grace_period >= 1 and reduction_factor > 1")
+    if resources["cpu"] <= 0 or resources["gpu"] < 0:
+        raise StudyError(f"{where}: resources need cpu > 0 and gpu >= 0, got {resources}")
+    if study.failure["max_failures"] < 0:
+        raise StudyError(f"{where}: failure.max_failures must be >= 0")
+
+
+def _check_space(study: Study, where: str) -> None:
+    algorithm = study.search["algorithm"] if isinstance(study.search, dict) else "optuna"
+    for key, spec in study.space.items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS:
+            raise StudyError(f"{where}: space key {key!r} must start with one of {SECTIONS}, "
+                             "e.g. train.lr")
+        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+            raise StudyError(f"{where}: space.{key} must be one distribution of "
+                             f"{list(DISTRIBUTIONS)}, e.g. {{loguniform: [1.0e-4, 1.0]}}; "
+                             f"got {spec!r}")
+        kind, args = next(iter(spec.items()))
+        _check_distribution(f"space.{key}", kind, args, where)
+        if not name and kind in ("uniform", "loguniform", "int"):
+            raise StudyError(f"{where}: space.{key} searches a whole section: use choice or "
+                             "grid of mappings")
+        _check_algorithm(key, kind, args, algorithm, where)
+
+
+def _check_distribution(key: str, kind: str, args: Any, where: str) -> None:
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise StudyError(f"{where}: {key}: {kind} needs a non-empty list of values")
+        return
+    if not isinstance(args, list) or len(args) != 2:
+        raise StudyError(f"{where}: {key}: {kind} needs [low, high], got {args!r}")
+    for value in args:
+        if isinstance(value, str) and _looks_numeric(value):
+            raise StudyError(f"{where}: {key}: {value!r} is a string (YAML reads 1e-4 as text): "
+                             "write it with a dot, e.g. 1.0e-4")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
+                not math.isfinite(value):
+            raise StudyError(f"{where}: {key}: bounds must be finite numbers, got {value!r}")
+    low, high = args
+    if low >= high:
+        raise StudyError(f"{where}: {key}: low must be < high, got [{low}, {high}]; swap or "
+                         "widen the range")
+    if kind == "loguniform" and low <= 0:
+        raise StudyError(f"{where}: {key}: a log range must be > 0, got low={low}; use a small "
+                         "positive bound like 1.0e-6")
+    if kind == "int" and not all(float(v).is_integer() for v in args):
+        raise StudyError(f"{where}: {key}: int bounds must be whole numbers, got {args}")
+
+
+def _check_algorithm(key: str, kind: str, args: list, algorithm: str, where: str) -> None:
+    if algorithm == "grid" and kind != "grid":
+        raise StudyError(f"{where}: space.{key} is {kind} but search.algorithm is grid: use "
+                         "grid: [values] for every key, or algorithm random/optuna")
+    if algorithm == "optuna" and kind == "grid":
+        raise StudyError(f"{where}: space.{key}: grid is not supported by optuna: use choice, "
+                         "or search.algorithm grid/random")
+    if algorithm == "optuna" and any(isinstance(v, (dict, list)) for v in args
+                                     if kind == "choice"):
+        raise StudyError(f"{where}: space.{key}: optuna cannot choose between mappings: use "
+                         "search.algorithm grid or random")
+
+
+def section_variants(study: Study, section: str) -> list[dict[str, Any]]:
+    """Every fixed-plus-searched mapping a section can take, for validation of each."""
+    base = dict(getattr(study, section))
+    spec = study.space.get(section)
+    variants = [dict(base)]
+    if spec is not None:
+        choices = next(iter(spec.values()))
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise StudyError(f"{study.path}: space.{section} must list mappings, got "
+                                 f"{choice!r}")
+        variants = [{**base, **choice} for choice in choices]
+    for key, spec in study.space.items():
+        sec, _, name = key.partition(".")
+        if sec == section and name:
+            kind, args = next(iter(spec.items()))
+            values = args if kind in ("choice", "grid") else args[:1]
+            variants = [{**v, name: value} for v in variants for value in values]
+    return variants
+
+
+def _check_model(model: dict[str, Any], where: str) -> None:
+    if "name" not in model:
+        raise StudyError(f"{where}: model.name is missing: use one of {sorted(models.MODELS)}")
+    name = model["name"]
+    if name not in models.MODELS:
+        raise StudyError(f"{where}: unknown model {name!r}: use one of {sorted(models.MODELS)}")
+    accepted = models.hyperparameters(name)
+    unknown = set(model) - set(accepted) - {"name"}
+    if unknown:
+        raise StudyError(f"{where}: model {name!r} has no hyperparameter(s) {sorted(unknown)}: "
+                         f"it takes {sorted(accepted)}")
+    for key, value in model.items():
+        if key != "name":
+            _check_type(f"model.{key}", value, accepted[key], where)
+
+
+def _check_dataset(dataset: dict[str, Any], where: str) -> None:
+    name = dataset.get("name")
+    if name is None:
+        raise StudyError(f"{where}: dataset.name is missing: use one of "
+                         f"{sorted(data.DATASETS)} or csv:PATH")
+    try:
+        data.dataset_loader(name)
+    except UserError as exc:
+        raise StudyError(f"{where}: {exc}") from None
+    if name.startswith("csv:"):
+        return
+    params = inspect.signature(data.DATASETS[name]).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):  # torchvision wrappers
+        params = inspect.signature(data.load_torchvision).parameters
+    accepted = {k: p.default for k, p in params.items() if k != "name"}
+    unknown = set(dataset) - set(accepted) - {"name"}
+    if unknown:
+        raise StudyError(f"{where}: dataset {name!r} has no option(s) {sorted(unknown)}: it "
+                         f"takes {sorted(accepted)}")

@@ -1,0 +1,232 @@
+"""The training loop and the one Ray Tune trainable that wraps every architecture.
+
+`run_trial(config, report)` trains without Ray: `report(metrics, state)` is injected, so tests
+call it with a list; `tune_trainable` is the same loop with Ray's reporter and checkpoints.
+Config keys are flat and dotted: `dataset.*`, `model.*`, `train.*` (see spaces.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tune_hw import data, models
+from tune_hw.errors import UserError
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 10, "optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
+    "batch_size": 128, "seed": 0, "track_grads": False,
+}
+OPTIMIZERS = {
+    "sgd": lambda params, t: torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
+                                             weight_decay=t["weight_decay"]),
+    "adam": lambda params, t: torch.optim.Adam(params, lr=t["lr"],
+                                               weight_decay=t["weight_decay"]),
+    "adamw": lambda params, t: torch.optim.AdamW(params, lr=t["lr"],
+                                                 weight_decay=t["weight_decay"]),
+}
+DIVERGED_LOSS = 1e9  # finite sentinel: searchers and ASHA must see a bad value, not NaN
+TRAIN_EVAL_ROWS = 10_000  # train accuracy is measured on this many training rows
+NAN_CHECK_EVERY = 1024  # steps between divergence checks inside an epoch (each one syncs)
+
+Reporter = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """Flat dotted config -> (dataset options, model hyperparameters, train settings)."""
+    sections: dict[str, dict[str, Any]] = {"dataset": {}, "model": {}, "train": {}}
+    for key, value in config.items():
+        section, _, name = key.partition(".")
+        if section in sections and name:
+            sections[section][name] = value
+    train = {**TRAIN_DEFAULTS, **sections["train"]}
+    return sections["dataset"], sections["model"], train
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_splits(name: str, options_json: str, device: str) -> data.Splits:
+    return data.load(name, **json.loads(options_json)).to(device)
+
+
+def load_splits(dataset: dict[str, Any], device: str = "cpu") -> data.Splits:
+    """Load a dataset once per worker process and device; reused actors hit the cache."""
+    options = {k: v for k, v in dataset.items() if k != "name"}
+    return _cached_splits(dataset["name"], json.dumps(options, sort_keys=True), device)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    loss_std: float
+    steps: int
+    finite: bool
+
+
+def _linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Weights of every linear/conv layer, input side first (module definition order)."""
+    return [(name, module.weight) for name, module in model.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.requires_grad]
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: data.Split,
+                    batch_size: int, generator: torch.Generator,
+                    grad_sums: torch.Tensor | None = None) -> EpochStats:
+    """One pass over shuffled index slices of in-memory tensors (no per-sample DataLoader)."""
+    model.train()
+    order = torch.randperm(len(split), generator=generator).to(split.x.device)
+    steps = math.ceil(len(split) / batch_size)
+    step_losses = torch.empty(steps, device=split.x.device)
+    weights = [w for _, w in _linear_weights(model)] if grad_sums is not None else []
+    for step in range(steps):
+        idx = order[step * batch_size:(step + 1) * batch_size]
+        loss = F.cross_entropy(model(split.x[idx]), split.y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if weights:
+            grad_sums += torch.stack([w.grad.norm() for w in weights])
+        optimizer.step()
+        step_losses[step] = loss.detach()
+        if step % NAN_CHECK_EVERY == NAN_CHECK_EVERY - 1 and not torch.isfinite(loss):
+            return EpochStats(math.nan, math.nan, step + 1, False)
+    finite = bool(torch.isfinite(step_losses).all())
+    std = float(step_losses.std()) if steps > 1 else 0.0
+    return EpochStats(float(step_losses.mean()), std, steps, finite)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: data.Split, batch_size: int = 4096) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode."""
+    model.eval()
+    loss_sum, correct = torch.zeros((), device=split.x.device), torch.zeros((), dtype=torch.long,
+                                                                            device=split.x.device)
+    for start in range(0, len(split), batch_size):
+        logits = model(split.x[start:start + batch_size])
+        target = split.y[start:start + batch_size]
+        loss_sum += F.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(1) == target).sum()
+    return float(loss_sum) / len(split), int(correct) / len(split)
+
+
+def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
+    if train["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {train['optimizer']!r}: use one of "
+                        f"{sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[train["optimizer"]]([p for p in model.parameters() if p.requires_grad],
+                                          train)
+
+
+def epoch_metrics(model: nn.Module, splits: data.Splits, stats: EpochStats) -> dict[str, float]:
+    """Train (on a fixed subset), validation and test loss/accuracy after an epoch.
+
+    Test is measured for the analysis only: nothing in the search reads it.
+    """
+    if not stats.finite:
+        return {f"{s}_{m}": (DIVERGED_LOSS if m == "loss" else 0.0)
+                for s in ("train", "val", "test") for m in ("loss", "acc")}
+    train_subset = data.Split(splits.train.x[:TRAIN_EVAL_ROWS], splits.train.y[:TRAIN_EVAL_ROWS])
+    metrics = {}
+    for name, split in (("train", train_subset), ("val", splits.val), ("test", splits.test)):
+        metrics[f"{name}_loss"], metrics[f"{name}_acc"] = evaluate(model, split)
+    if not all(math.isfinite(v) for v in metrics.values()):
+        return epoch_metrics(model, splits, EpochStats(math.nan, math.nan, stats.steps, False))
+    return metrics
+
+
+def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | None = None,
+              device: str = "cpu", context: dict[str, Any] | None = None) -> None:
+    """Train one config for `train.epochs`, reporting metrics and a checkpoint state each epoch.
+
+    `state` (from a previous report) resumes after its epoch. The state passed to `report`
+    holds live views of the model's tensors: save it inside `report`. A non-finite loss reports
+    `diverged=True` with finite sentinel metrics and ends the trial.
+    """
+    dataset, hp, train = split_config(config)
+    splits = load_splits(dataset, device)
+    torch.manual_seed(train["seed"])
+    model = models.build(hp.pop("name"), splits.in_shape, splits.num_classes, **hp).to(device)
+    optimizer = build_optimizer(model, train)
+    generator = torch.Generator().manual_seed(train["seed"])
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start_epoch = state["epoch"] + 1
+    fixed = {"num_params": sum(p.numel() for p in model.parameters()), "seed": train["seed"],
+             **(context or {})}
+    layers = _linear_weights(model)
+    for epoch in range(start_epoch, train["epochs"] + 1):
+        grad_sums = torch.zeros(len(layers), device=device) if train["track_grads"] else None
+        started = time.perf_counter()
+        stats = train_one_epoch(model, optimizer, splits.train, train["batch_size"], generator,
+                                grad_sums)
+        train_s = time.perf_counter() - started
+        metrics = {
+            "epoch": epoch, "steps": stats.steps, **epoch_metrics(model, splits, stats),
+            "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - started,
+            "samples_per_s": len(splits.train) / train_s if train_s > 0 else math.nan,
+            "step_loss_std": stats.loss_std if stats.finite else math.nan,
+            "step_loss_mean": stats.loss, "diverged": not stats.finite, **fixed,
+        }
+        if grad_sums is not None and stats.finite:
+            metrics["grad_layers"] = [name for name, _ in layers]
+            metrics["grad_norms"] = (grad_sums / stats.steps).tolist()
+        report(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "generator": generator.get_state(), "epoch": epoch})
+        if not stats.finite:
+            return
+
+
+# ----------------------------------------------------------------------------- Ray Tune
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def _ray_context() -> tuple[str, dict[str, Any]]:
+    """The device Ray assigned this trial, and where it runs (node id, GPU ids)."""
+    import ray
+
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+    return device, {"node_id": ray.get_runtime_context().get_node_id(),
+                    "gpu_ids": ",".join(gpu_ids)}
+
+
+def _set_threads() -> None:
+    """Torch threads follow the CPUs Ray gave the trial (oversubscription slows every trial)."""
+    import ray
+
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+
+def tune_trainable(config: dict[str, Any]) -> None:
+    """The Ray Tune trainable: `run_trial` with tune.report and checkpoints, resuming if asked."""
+    from ray import tune
+
+    _set_threads()
+    device, context = _ray_context()
+    state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device,
+                               weights_only=True)
+
+    def report(metrics: dict[str, Any], trial_state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(trial_state, Path(directory) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    run_trial(config, report, state, device, context)
