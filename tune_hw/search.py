@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a study key, e.g. train.epochs=5 (repeatable)")
     parser.add_argument("--seed", type=int, help="override train.seed and the searcher's seed")
+    parser.add_argument("--cpus-per-trial", type=float, help="override resources.cpu")
+    parser.add_argument("--gpus-per-trial", type=float,
+                        help="override resources.gpu; fractions share a GPU (0.25: 4 trials)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="local Ray only: start the Ray dashboard on 127.0.0.1, print its URL")
     return parser.parse_args(argv)
 
 
@@ -55,6 +60,10 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["search.num_samples"] = args.num_samples
     if args.seed is not None:
         overrides["train.seed"] = args.seed
+    if args.cpus_per_trial is not None:
+        overrides["resources.cpu"] = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        overrides["resources.gpu"] = args.gpus_per_trial
     return overrides
 
 
@@ -157,20 +166,53 @@ def preflight(study: Study) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------ running
 
-def init_ray(address: str | None) -> None:
-    """Join a cluster at `address`, or start a local Ray."""
+def init_ray(address: str | None, dashboard: bool = False) -> None:
+    """Join a cluster at `address`, or start a local Ray (dashboard on 127.0.0.1 if asked)."""
     import ray
 
     if ray.is_initialized():
         return
     if address:
+        if dashboard:
+            raise UserError("--dashboard starts a local dashboard; a cluster has its own: open "
+                            "it with `ray dashboard cluster.yaml` and drop --dashboard")
         try:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
                             "`ray start --head` or check the address") from None
         return
-    ray.init(include_dashboard=False)
+    context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    if dashboard:
+        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+def check_shared_storage(storage: Path) -> None:
+    """On more than one node a local storage path would scatter trial files across machines."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and "://" not in str(storage) and not _is_network_fs(storage):
+        raise UserError(f"--storage-path {storage} is a local directory but the cluster has "
+                        f"{len(nodes)} nodes: use shared storage (an NFS mount, or s3://... / "
+                        "gs://...), or TUNE_HW_SHARED_STORAGE=1 if this path is shared")
+
+
+def _is_network_fs(path: Path) -> bool:
+    """True when `path` sits on NFS/CIFS or the user vouched that it is shared."""
+    import os
+
+    if os.environ.get("TUNE_HW_SHARED_STORAGE") == "1":
+        return True
+    mounts = Path("/proc/mounts")
+    if not mounts.is_file():
+        return False
+    best, fstype = "", ""
+    for line in mounts.read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
+            best, fstype = parts[1], parts[2]
+    return fstype.startswith(("nfs", "cifs", "smb", "lustre", "gpfs", "fuse", "ceph", "beegfs"))
 
 
 def build_tuner(study: Study, storage: Path, run_name: str) -> Any:
@@ -250,7 +292,8 @@ def run_search(args: argparse.Namespace) -> Path:
     storage = Path(args.storage_path).expanduser().resolve()
     run_name = args.name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = storage / study.name / run_name
-    init_ray(args.address)
+    init_ray(args.address, args.dashboard)
+    check_shared_storage(storage)
     tuner = build_tuner(study, storage, run_name)
     tuner.fit()
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
