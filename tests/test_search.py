@@ -49,7 +49,8 @@ def test_cli_prints_the_best_config_and_run_directory(quick_run):
 @pytest.mark.parametrize("args, message", [
     (["no_such_study"], "unknown study 'no_such_study'"),
     (["lr_batch", "--set", "train.lr=1e-3"], "train.lr must be float, got '1e-3'"),
-    (["lr_batch", "--set", "train.batch_size=4096", "--quick"], "larger than the 2000 training rows"),
+    (["lr_batch", "--set", "train.batch_size=4096", "--quick"],
+     "larger than the 2000 training rows"),
     (["lr_batch", "--set", "nonsense"], "is not KEY=VALUE"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, args, message):

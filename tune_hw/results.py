@@ -160,9 +160,22 @@ def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[s
     _atomic_write(run_dir / EPOCHS_FILE, lambda p: epochs.to_parquet(p, index=False))
     if len(grads):
         _atomic_write(run_dir / GRADS_FILE, lambda p: grads.to_parquet(p, index=False))
+    write_study(run_dir, study)
+    return Run(run_dir, trials, epochs, grads, study)
+
+
+def write_study(run_dir: str | Path, study: dict[str, Any]) -> None:
+    """Write `study.yaml` alone (at the start of a run, so a running run can be read)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(run_dir / STUDY_FILE,
                   lambda p: Path(p).write_text(yaml.safe_dump(study, sort_keys=False)))
-    return Run(run_dir, trials, epochs, grads, study)
+
+
+def read_study(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved study of a run, or {} when it has none."""
+    path = Path(run_dir) / STUDY_FILE
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -176,9 +189,7 @@ def load_run(run_dir: str | Path) -> Run:
         else pd.DataFrame(columns=EPOCH_COLUMNS)
     grads = pd.read_parquet(run_dir / GRADS_FILE) if (run_dir / GRADS_FILE).is_file() \
         else pd.DataFrame(columns=GRAD_COLUMNS)
-    study_path = run_dir / STUDY_FILE
-    study = yaml.safe_load(study_path.read_text()) if study_path.is_file() else {}
-    return Run(run_dir, trials, epochs, grads, study or {})
+    return Run(run_dir, trials, epochs, grads, read_study(run_dir))
 
 
 def _trial_columns(trials: list[dict]) -> list[str]:

@@ -5,6 +5,7 @@
     python -m tune_hw.search lr_batch --set train.epochs=5 --num-samples 8
     python -m tune_hw.search my_study.yaml --storage-path /shared/runs
     python -m tune_hw.search lr_batch --address auto           # inside a Ray cluster
+    python -m tune_hw.search lr_batch --name r1 --resume       # continue an interrupted run
 
 The run lands in <storage-path>/<study>/<run-name>/: trials.parquet, epochs.parquet,
 grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment files.
@@ -13,8 +14,10 @@ grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment fil
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus-per-trial", type=float, help="override resources.cpu")
     parser.add_argument("--gpus-per-trial", type=float,
                         help="override resources.gpu; fractions share a GPU (0.25: 4 trials)")
+    parser.add_argument("--max-failures", type=int,
+                        help="override failure.max_failures: retries of a crashed trial")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run --name (same study and options)")
     parser.add_argument("--dashboard", action="store_true",
                         help="local Ray only: start the Ray dashboard on 127.0.0.1, print its URL")
     return parser.parse_args(argv)
@@ -64,6 +71,8 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["resources.cpu"] = args.cpus_per_trial
     if args.gpus_per_trial is not None:
         overrides["resources.gpu"] = args.gpus_per_trial
+    if args.max_failures is not None:
+        overrides["failure.max_failures"] = args.max_failures
     return overrides
 
 
@@ -103,21 +112,37 @@ def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_search_alg(study: Study) -> Any:
-    """Optuna's TPE, or Tune's own random/grid generator."""
+    """Optuna's TPE, or Tune's own random/grid generator, with at most `max_concurrent` live
+    trials (Optuna: by default as many as the running cluster fits at once)."""
     seed = study.train["seed"]
-    if study.search["algorithm"] == "optuna":
-        from ray.tune.search.optuna import OptunaSearch
-
-        searcher: Any = OptunaSearch(seed=seed)
-    else:
+    limit = study.search["max_concurrent"]
+    if study.search["algorithm"] != "optuna":
         from ray.tune.search import BasicVariantGenerator
 
-        searcher = BasicVariantGenerator(random_state=seed)
-    if study.search["max_concurrent"] > 0:
-        from ray.tune.search import ConcurrencyLimiter
+        # it takes its own limit (0 = none): ConcurrencyLimiter refuses a non-Searcher
+        return BasicVariantGenerator(random_state=seed, max_concurrent=limit)
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
 
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=study.search["max_concurrent"])
-    return searcher
+    # Without a ConcurrencyLimiter Tune keeps one trial of a custom searcher pending at a time,
+    # so a cluster fills one trial after another and short trials all reuse the first actor.
+    limit = limit or concurrent_slots(study.resources)
+    searcher = OptunaSearch(seed=seed)
+    return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit > 0 else searcher
+
+
+def concurrent_slots(resources: dict[str, float]) -> int:
+    """How many trials of `resources` the running Ray cluster fits at once (0: Ray not up)."""
+    import math
+
+    import ray
+
+    if not ray.is_initialized():
+        return 0
+    total = ray.cluster_resources()
+    fits = [math.floor(total.get(key, 0.0) / resources[name] + 1e-6)
+            for key, name in (("CPU", "cpu"), ("GPU", "gpu")) if resources.get(name, 0) > 0]
+    return min(fits, default=0)
 
 
 def max_epochs(study: Study) -> int:
@@ -176,6 +201,7 @@ def init_ray(address: str | None, dashboard: bool = False) -> None:
         if dashboard:
             raise UserError("--dashboard starts a local dashboard; a cluster has its own: open "
                             "it with `ray dashboard cluster.yaml` and drop --dashboard")
+        check_reachable(address)
         try:
             ray.init(address=address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -185,6 +211,20 @@ def init_ray(address: str | None, dashboard: bool = False) -> None:
     context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
     if dashboard:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a dead HOST:PORT; ray.init would retry the GCS for minutes."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto" and friends: ray.init itself fails fast when no cluster is found
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach a Ray cluster at {address!r} ({exc.strerror or exc}); "
+                        "start one with `ray start --head` or check the address") from None
 
 
 def check_shared_storage(storage: Path) -> None:
@@ -215,16 +255,24 @@ def _is_network_fs(path: Path) -> bool:
     return fstype.startswith(("nfs", "cifs", "smb", "lustre", "gpfs", "fuse", "ceph", "beegfs"))
 
 
-def build_tuner(study: Study, storage: Path, run_name: str) -> Any:
+def make_trainable(study: Study, trainable: Callable | None = None) -> Any:
+    """The Tune trainable with the study's per-trial resources."""
     from ray import tune
 
     from tune_hw.trainable import tune_trainable
 
-    trainable = tune.with_resources(tune_trainable, {"cpu": study.resources["cpu"],
-                                                      "gpu": study.resources["gpu"]})
+    return tune.with_resources(trainable or tune_trainable,
+                               {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
+
+
+def build_tuner(study: Study, storage: Path, run_name: str,
+                trainable: Callable | None = None) -> Any:
+    """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults)."""
+    from ray import tune
+
     search = study.search
     return tune.Tuner(
-        trainable,
+        make_trainable(study, trainable),
         param_space=param_space(study),
         tune_config=tune.TuneConfig(
             metric=search["metric"], mode=search["mode"], num_samples=search["num_samples"],
@@ -238,6 +286,16 @@ def build_tuner(study: Study, storage: Path, run_name: str) -> Any:
                 num_to_keep=2, checkpoint_score_attribute=search["metric"],
                 checkpoint_score_order=search["mode"])),
     )
+
+
+def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
+    """Ray's Tuner.restore with the searcher's state: finished trials stay finished,
+    unfinished ones continue from their last checkpoint, errored ones stay errored."""
+    from ray import tune
+
+    return tune.Tuner.restore(str(run_dir), make_trainable(study, trainable),
+                              resume_unfinished=True, resume_errored=False,
+                              restart_errored=False, param_space=param_space(study))
 
 
 def _trial_name(trial: Any) -> str:
@@ -286,30 +344,106 @@ def print_best(run: results.Run, study: Study) -> None:
     print(f"run directory: {run.path}")
 
 
-def run_search(args: argparse.Namespace) -> Path:
+# ----------------------------------------------------------------------- resume, interrupts
+
+def check_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> None:
+    """A new run must not overwrite an old one; a resumed run must exist and match the study."""
+    from ray import tune
+
+    exists = run_dir.is_dir() and tune.Tuner.can_restore(str(run_dir))
+    if resume and not exists:
+        raise UserError(f"nothing to resume: no run {run_dir.name!r} under {run_dir.parent}; "
+                        "check --name and --storage-path, or drop --resume to start it")
+    if not resume and exists:
+        raise UserError(f"run {run_dir.name!r} already exists in {run_dir.parent}: add --resume "
+                        "to continue it, or choose another --name")
+    if resume:
+        check_trusted(run_dir)
+        stored = results.read_study(run_dir)
+        current = yaml.safe_load(yaml.safe_dump(resolved))  # compare as stored: lists, not tuples
+        differ = sorted(k for k in current if k != "run_name" and stored.get(k) != current[k])
+        if differ:
+            raise UserError(f"run {run_dir.name!r} was made with a different study (differs in "
+                            f"{differ}): resume with the same study, --quick and --set options, "
+                            "or start a new --name")
+
+
+def check_trusted(run_dir: Path) -> None:
+    """Ray's experiment state holds pickles: restore only what this user made and owns."""
+    import os
+
+    for path in (run_dir, *run_dir.glob("experiment_state*.json"), *run_dir.glob("*.pkl")):
+        info = path.stat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise UserError(f"refusing to resume from {path}: it is owned by another user or "
+                            "writable by others, and restoring it would unpickle its contents")
+
+
+def expected_trials(study: Study) -> int:
+    """How many trials a finished search has: num_samples times the size of every grid."""
+    count = study.search["num_samples"]
+    for spec in study.space.values():
+        kind, args = next(iter(spec.items()))
+        count *= len(args) if kind == "grid" else 1
+    return count
+
+
+def was_interrupted(records: list[results.TrialRecord], study: Study) -> bool:
+    return len(records) < expected_trials(study) or not all(r.ended for r in records)
+
+
+def resume_command(argv: list[str], run_name: str) -> str:
+    """The exact command that continues this run."""
+    args = [a for a in argv if a != "--resume"]
+    if "--name" not in args and not any(a.startswith("--name=") for a in args):
+        args += ["--name", run_name]
+    return " ".join(["python -m tune_hw.search", *map(shlex.quote, args), "--resume"])
+
+
+def write_results(run_dir: Path, resolved: dict[str, Any], study: Study) -> bool:
+    """Write the parquet files from what Ray stored; True when the search was interrupted."""
+    records = collect_records(run_dir)
+    run = results.write_run(run_dir, records, resolved)
+    interrupted = was_interrupted(records, study)
+    if not interrupted:
+        print_best(run, study)
+    return interrupted
+
+
+def run_search(args: argparse.Namespace, argv: list[str]) -> int:
+    """Validate, start or resume the search, write results; the exit code."""
     study = spaces.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
     sizes = preflight(study)
     storage = Path(args.storage_path).expanduser().resolve()
     run_name = args.name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = storage / study.name / run_name
+    resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
+    check_run_dir(run_dir, args.resume, resolved)
     init_ray(args.address, args.dashboard)
     check_shared_storage(storage)
-    tuner = build_tuner(study, storage, run_name)
-    tuner.fit()
-    resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
-    run = results.write_run(run_dir, collect_records(run_dir), resolved)
-    print_best(run, study)
-    return run_dir
+    if not args.resume:
+        results.write_study(run_dir, resolved)  # a running run is readable from the start
+    tuner = restore_tuner(study, run_dir) if args.resume else build_tuner(study, storage,
+                                                                          run_name)
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:  # a second Ctrl-C: Ray has stopped its graceful shutdown
+        pass
+    if write_results(run_dir, resolved, study):
+        print(f"search interrupted; results so far are in {run_dir}\n"
+              f"continue it with: {resume_command(argv, run_name)}", file=sys.stderr)
+        return 130
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        run_search(args)
+        return run_search(args, argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
