@@ -334,9 +334,11 @@ def print_best(run: results.Run, study: Study) -> None:
         print(f"no trial reported a result; run directory: {run.path}")
         return
     best = trials.sort_values("best_val_acc", ascending=False).iloc[0]
+    searched = [k for k in best.index if k.startswith("config/") and (
+        k.removeprefix("config/") in study.space  # a searched key, or a key of a searched section
+        or k.removeprefix("config/").partition(".")[0] in study.space)]
     config = {k.removeprefix("config/"): best[k].item() if hasattr(best[k], "item") else best[k]
-              for k in best.index if k.startswith("config/")
-              and k.removeprefix("config/") in study.space}
+              for k in searched if not _missing(best[k])}
     print(f"best trial {best['trial_id']} (by validation): {config}")
     print(f"  val_acc {best['best_val_acc']:.4f}  test_acc {best['test_acc_at_best']:.4f}  "
           f"at epoch {int(best['best_epoch'])}")
@@ -408,6 +410,10 @@ def write_results(run_dir: Path, resolved: dict[str, Any], study: Study) -> bool
     if not interrupted:
         print_best(run, study)
     return interrupted
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 def run_search(args: argparse.Namespace, argv: list[str]) -> int:
