@@ -145,6 +145,18 @@ def concurrent_slots(resources: dict[str, float]) -> int:
     return min(fits, default=0)
 
 
+def check_trial_fits(study: Study) -> None:
+    """On a local Ray a trial asking for more than the machine has would wait forever."""
+    import ray
+
+    if concurrent_slots(study.resources) < 1:
+        have = ray.cluster_resources()
+        raise UserError(f"a trial asks for cpu {study.resources['cpu']:g} and gpu "
+                        f"{study.resources['gpu']:g} but this machine has {have.get('CPU', 0):g} "
+                        f"CPUs and {have.get('GPU', 0):g} GPUs: lower --cpus-per-trial / "
+                        "--gpus-per-trial (resources:), or join a cluster with --address")
+
+
 def max_epochs(study: Study) -> int:
     spec = study.space.get("train.epochs")
     if spec:
@@ -206,7 +218,9 @@ def init_ray(address: str | None, dashboard: bool = False) -> None:
             ray.init(address=address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
-                            "`ray start --head` or check the address") from None
+                            "`ray start --head` or check the address; a cluster with token "
+                            "authentication also needs RAY_AUTH_MODE=token here and its token "
+                            "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
         return
     context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
     if dashboard:
@@ -232,10 +246,10 @@ def check_shared_storage(storage: Path) -> None:
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and "://" not in str(storage) and not _is_network_fs(storage):
+    if len(nodes) > 1 and not _is_network_fs(storage):
         raise UserError(f"--storage-path {storage} is a local directory but the cluster has "
-                        f"{len(nodes)} nodes: use shared storage (an NFS mount, or s3://... / "
-                        "gs://...), or TUNE_HW_SHARED_STORAGE=1 if this path is shared")
+                        f"{len(nodes)} nodes: use a filesystem every node mounts (NFS, EFS, "
+                        "Lustre...), or set TUNE_HW_SHARED_STORAGE=1 if this path is shared")
 
 
 def _is_network_fs(path: Path) -> bool:
@@ -252,7 +266,8 @@ def _is_network_fs(path: Path) -> bool:
         parts = line.split()
         if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
             best, fstype = parts[1], parts[2]
-    return fstype.startswith(("nfs", "cifs", "smb", "lustre", "gpfs", "fuse", "ceph", "beegfs"))
+    # "fuse." (fuse.sshfs, fuse.juicefs...) and not "fuse": fuseblk is a local NTFS disk
+    return fstype.startswith(("nfs", "cifs", "smb", "lustre", "gpfs", "fuse.", "ceph", "beegfs"))
 
 
 def make_trainable(study: Study, trainable: Callable | None = None) -> Any:
@@ -420,6 +435,9 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     """Validate, start or resume the search, write results; the exit code."""
     study = spaces.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
     sizes = preflight(study)
+    if "://" in args.storage_path:
+        raise UserError(f"--storage-path {args.storage_path}: object storage is not supported "
+                        "for results yet; use a directory (on a cluster, one every node mounts)")
     storage = Path(args.storage_path).expanduser().resolve()
     run_name = args.name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = storage / study.name / run_name
@@ -427,6 +445,8 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     check_run_dir(run_dir, args.resume, resolved)
     init_ray(args.address, args.dashboard)
     check_shared_storage(storage)
+    if not args.address:
+        check_trial_fits(study)
     if not args.resume:
         results.write_study(run_dir, resolved)  # a running run is readable from the start
     tuner = restore_tuner(study, run_dir) if args.resume else build_tuner(study, storage,

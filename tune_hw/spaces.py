@@ -26,7 +26,7 @@ DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
 SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": "val_acc", "mode": "max",
                    "max_concurrent": 0}
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
-RESOURCE_DEFAULTS = {"cpu": 1, "gpu": 0}
+RESOURCE_DEFAULTS = {"cpu": 1.0, "gpu": 0.0}  # floats: fractions share a GPU (gpu: 0.25)
 FAILURE_DEFAULTS = {"max_failures": 2}
 ALGORITHMS, SCHEDULERS, MODES = ("optuna", "random", "grid"), ("asha", "fifo"), ("max", "min")
 METRICS = ("val_acc", "val_loss")  # never test_*: the test split must not feed any choice

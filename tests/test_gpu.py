@@ -1,0 +1,84 @@
+"""The trainable's GPU path: the device follows Ray's GPU assignment, the data stays on it.
+
+Runs where CUDA is available; elsewhere it is skipped (the CPU side of the same choice, a trial
+given a logical GPU that torch cannot see, runs in test_cluster.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="no CUDA device: the trainable's GPU path (device from Ray's GPU assignment, "
+           "dataset kept on the GPU) needs one")
+
+
+@pytest.fixture
+def ray_env() -> Iterator[dict[str, str]]:
+    """Ray's temp dir and token for this test alone (nothing shared, nothing in ~/.ray)."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live here
+    yield {"RAY_TMPDIR": temp, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+# Runs in its own process: Ray reads RAY_AUTH_MODE when it is first imported, so an in-process
+# Ray would depend on what earlier tests imported.
+PROBE = """
+import json, sys
+import ray
+from tune_hw import trainable
+
+@ray.remote(num_gpus=0.5)
+def trial(config):
+    device, context = trainable._ray_context()
+    dataset = {k.removeprefix("dataset."): v for k, v in config.items() if k.startswith("dataset.")}
+    rows = []
+    trainable.run_trial(config, lambda metrics, state: rows.append(
+        {**metrics, "model_devices": sorted({t.device.type for t in state["model"].values()})}),
+        device=device, context=context)
+    splits = trainable.load_splits(dataset, device)
+    return {"device": device, "context": context, "last": rows[-1],
+            "data": sorted({s.x.device.type for s in (splits.train, splits.val, splits.test)}),
+            "cached": splits is trainable.load_splits(dataset, device)}
+
+ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+print(json.dumps(ray.get(trial.remote(json.loads(sys.argv[1])))))
+"""
+
+
+def test_trial_given_a_gpu_trains_on_cuda_with_its_data_there(ray_env, tiny_countries):
+    env = {**os.environ, "PYTHONPATH": str(REPO), **ray_env}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(tiny_countries)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cuda" and result["context"]["gpu_ids"] == "0"
+    assert result["data"] == ["cuda"] and result["cached"]  # loaded once, kept on the GPU
+    last = result["last"]
+    assert last["model_devices"] == ["cuda"] and last["epoch"] == tiny_countries["train.epochs"]
+    assert last["gpu_ids"] == "0" and last["node_id"] and 0.0 <= last["val_acc"] <= 1.0
+
+
+def test_cli_run_with_a_fractional_gpu_records_it(cli, ray_env, tmp_path):
+    proc = cli("tune_hw.search", "lr_batch", "--quick", "--gpus-per-trial", "0.5",
+               "--set", "train.batch_size=64", "--storage-path", str(tmp_path), "--name", "g",
+               env=ray_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = pd.read_parquet(Path(tmp_path, "lr_batch", "g", "trials.parquet"))
+    assert trials.gpu_ids.str.fullmatch(r"\d+").all()  # each trial: one GPU id, shared
+    assert trials.node_id.notna().all() and set(trials.status) <= {"completed", "early_stopped"}
