@@ -93,3 +93,13 @@ def test_grid_defaults_to_one_pass_and_section_variants(tmp_path):
     study = spaces.load_study(str(write(tmp_path, text)))
     assert study.search["num_samples"] == 1
     assert len(spaces.section_variants(study, "train")) == 4
+
+
+def test_a_searched_section_and_keys_inside_it_are_refused(tmp_path):
+    text = GOOD.replace("  train.batch_size: {choice: [8, 32]}",
+                        "  train.batch_size: {choice: [8, 32]}\n"
+                        "  model: {choice: [{name: mlp, width: 8}, {name: mlp, width: 16}]}\n"
+                        "  model.depth: {choice: [1, 2]}")
+    text = text.replace("{algorithm: optuna, num_samples: 4}", "{algorithm: random, num_samples: 4}")
+    with pytest.raises(StudyError, match="searches the whole section and space also searches"):
+        spaces.load_study(str(write(tmp_path, text)))

@@ -72,3 +72,20 @@ def test_same_seed_same_result_other_seed_other_result(tiny_countries):
     a, b = collect(config)[0][0], collect(config)[0][0]
     c = collect({**config, "train.seed": 1})[0][0]
     assert a["val_loss"] == b["val_loss"] != c["val_loss"]
+
+
+def test_non_finite_evaluation_after_finite_steps_counts_as_diverged(tiny_countries, monkeypatch):
+    # weights can blow up in the last steps of an epoch: every step loss finite, eval inf
+    monkeypatch.setattr(trainable, "evaluate", lambda model, split: (math.inf, 0.1))
+    rows, _ = collect({**tiny_countries, "train.epochs": 3})
+    assert len(rows) == 1 and rows[0]["diverged"]
+    assert rows[0]["val_acc"] == 0.0 and rows[0]["val_loss"] == trainable.DIVERGED_LOSS
+
+
+def test_a_searched_whole_model_section_overrides_its_fixed_keys(tiny_countries):
+    config = {**tiny_countries, "train.epochs": 1,
+              "model": {"name": "mlp", "width": 8, "depth": 1}}
+    dataset, hp, train = trainable.split_config(config)
+    assert hp == {"name": "mlp", "width": 8, "depth": 1}
+    rows, _ = collect(config)
+    assert rows[0]["num_params"] == 2 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tune_hw import baselines
 from tune_hw.errors import UserError
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
@@ -102,11 +103,13 @@ class LinearProbe(nn.Module):
 
 
 def build_resnet18(in_shape: tuple[int, ...], num_classes: int, mode: str = "scratch",
-                   weights: str = "none") -> nn.Module:
+                   weights: str = "none", backbone_lr: float = 1.0) -> nn.Module:
     """torchvision's ResNet-18 with a 3x3 stem for small images and any channel count.
 
     `mode`: scratch | linear_probe | finetune; `weights`: none | imagenet | a state_dict
-    path | run:<study>/<run_name> (the best checkpoint of an earlier tune_hw run).
+    path | run:<study>/<run_name> (the best checkpoint of an earlier tune_hw run);
+    `backbone_lr` (finetune): the backbone's learning rate as a multiple of train.lr (the new
+    head keeps train.lr), so pretrained features move slower than the head that reads them.
     """
     import torchvision
 
@@ -114,6 +117,9 @@ def build_resnet18(in_shape: tuple[int, ...], num_classes: int, mode: str = "scr
     if mode != "scratch" and weights == "none":
         raise UserError(f"resnet18 mode {mode!r} needs pretrained weights: set model.weights "
                         "to imagenet, a state_dict path or run:<study>/<run_name>")
+    if backbone_lr <= 0 or (backbone_lr != 1.0 and mode != "finetune"):
+        raise UserError(f"model.backbone_lr is {backbone_lr}: it must be > 0 and applies to "
+                        "mode finetune only (linear_probe freezes the backbone)")
     net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if in_shape[1] <= 64:  # small images: a stride-1 3x3 stem and no max-pool keep resolution
         net.conv1 = nn.Conv2d(in_shape[0], 64, 3, stride=1, padding=1, bias=False)
@@ -122,7 +128,22 @@ def build_resnet18(in_shape: tuple[int, ...], num_classes: int, mode: str = "scr
         net.conv1 = nn.Conv2d(in_shape[0], 64, 7, stride=2, padding=3, bias=False)
     if mode != "scratch":
         load_backbone(net, weights)
+    net.backbone_lr = backbone_lr  # read by parameter_groups when the optimizer is built
     return LinearProbe(net) if mode == "linear_probe" else net
+
+
+def parameter_groups(model: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters as optimizer groups; a fine-tuned backbone may get a lower lr.
+
+    The head (`fc.*`) comes first, so the reported lr is train.lr.
+    """
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    scale = getattr(model, "backbone_lr", 1.0)
+    if scale == 1.0:
+        return [{"params": [p for _, p in params]}]
+    head = [p for n, p in params if n.startswith("fc.")]
+    backbone = [p for n, p in params if not n.startswith("fc.")]
+    return [{"params": head}, {"params": backbone, "lr": lr * scale}]
 
 
 def load_backbone(net: nn.Module, weights: str) -> None:
@@ -164,13 +185,18 @@ def pretrained_state(weights: str) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise UserError(f"weights file {path} cannot be loaded safely ({type(exc).__name__}); "
                         "only plain state_dicts of tensors are accepted") from None
-    return state.get("model", state) if isinstance(state, dict) else state
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"weights file {path} holds no model tensors: give a state_dict or a "
+                        "tune_hw checkpoint of a neural trial")
+    return state
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+MODELS: dict[str, Callable[..., Any]] = {
     "mlp": build_mlp,
     "cnn": build_cnn,
     "resnet18": build_resnet18,
+    "hist_gradient_boosting": baselines.build_hist_gradient_boosting,  # trees, not a Module
 }
 
 
@@ -180,13 +206,14 @@ def hyperparameters(name: str) -> dict[str, Any]:
     return {k: p.default for k, p in params.items() if k not in ("in_shape", "num_classes")}
 
 
-def model_builder(name: str) -> Callable[..., nn.Module]:
+def model_builder(name: str) -> Callable[..., Any]:
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}: use one of {sorted(MODELS)}")
     return MODELS[name]
 
 
-def build(name: str, in_shape: tuple[int, ...], num_classes: int, **hp: Any) -> nn.Module:
+def build(name: str, in_shape: tuple[int, ...], num_classes: int, **hp: Any
+          ) -> nn.Module | baselines.TreeBaseline:
     """Build model `name`; unknown names or hyperparameters are `UserError`s listing valid ones."""
     unknown = set(hp) - set(hyperparameters(name))
     if unknown:

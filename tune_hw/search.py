@@ -14,6 +14,7 @@ grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment fil
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -222,7 +223,8 @@ def init_ray(address: str | None, dashboard: bool = False) -> None:
                             "authentication also needs RAY_AUTH_MODE=token here and its token "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
         return
-    context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    # address="local": always a new Ray, never someone else's `ray start` cluster on this host
+    context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1")
     if dashboard:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
 
@@ -254,8 +256,6 @@ def check_shared_storage(storage: Path) -> None:
 
 def _is_network_fs(path: Path) -> bool:
     """True when `path` sits on NFS/CIFS or the user vouched that it is shared."""
-    import os
-
     if os.environ.get("TUNE_HW_SHARED_STORAGE") == "1":
         return True
     mounts = Path("/proc/mounts")
@@ -387,8 +387,6 @@ def check_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> None
 
 def check_trusted(run_dir: Path) -> None:
     """Ray's experiment state holds pickles: restore only what this user made and owns."""
-    import os
-
     for path in (run_dir, *run_dir.glob("experiment_state*.json"), *run_dir.glob("*.pkl")):
         info = path.stat()
         if info.st_uid != os.getuid() or info.st_mode & 0o022:
@@ -433,6 +431,8 @@ def _missing(value: Any) -> bool:
 
 def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     """Validate, start or resume the search, write results; the exit code."""
+    # relative run:STUDY/RUN weights resolve under this run's storage, in driver and workers
+    os.environ.setdefault("TUNE_HW_STORAGE", str(Path(args.storage_path).expanduser().resolve()))
     study = spaces.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
     sizes = preflight(study)
     if "://" in args.storage_path:

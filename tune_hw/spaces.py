@@ -260,6 +260,9 @@ def _check_space(study: Study, where: str) -> None:
         if not name and kind in ("uniform", "loguniform", "int"):
             raise StudyError(f"{where}: space.{key} searches a whole section: use choice or "
                              "grid of mappings")
+        if not name and any(k.startswith(f"{section}.") for k in study.space):
+            raise StudyError(f"{where}: space.{key} searches the whole section and space also "
+                             f"searches keys inside it: put those keys into each {key} mapping")
         _check_algorithm(key, kind, args, algorithm, where)
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_hw import data, models
+from tune_hw import baselines, data, models
 from tune_hw.errors import UserError
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -50,6 +50,9 @@ def split_config(config: dict[str, Any]) -> tuple[dict, dict, dict]:
         section, _, name = key.partition(".")
         if section in sections and name:
             sections[section][name] = value
+    for section, value in config.items():  # a searched whole section is merged over its keys
+        if section in sections and isinstance(value, dict):
+            sections[section].update(value)
     train = {**TRAIN_DEFAULTS, **sections["train"]}
     return sections["dataset"], sections["model"], train
 
@@ -86,7 +89,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: d
     model.train()
     order = torch.randperm(len(split), generator=generator).to(split.x.device)
     steps = math.ceil(len(split) / batch_size)
-    step_losses = torch.empty(steps, device=split.x.device)
+    step_losses: list[torch.Tensor] = []  # stacked once at the end: a per-step write costs ~2 %
     weights = [w for _, w in _linear_weights(model)] if grad_sums is not None else []
     for step in range(steps):
         idx = order[step * batch_size:(step + 1) * batch_size]
@@ -96,12 +99,13 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: d
         if weights:
             grad_sums += torch.stack([w.grad.norm() for w in weights])
         optimizer.step()
-        step_losses[step] = loss.detach()
+        step_losses.append(loss.detach())
         if step % NAN_CHECK_EVERY == NAN_CHECK_EVERY - 1 and not torch.isfinite(loss):
             return EpochStats(math.nan, math.nan, step + 1, False)
-    finite = bool(torch.isfinite(step_losses).all())
-    std = float(step_losses.std()) if steps > 1 else 0.0
-    return EpochStats(float(step_losses.mean()), std, steps, finite)
+    losses = torch.stack(step_losses)
+    finite = bool(torch.isfinite(losses).all())
+    std = float(losses.std()) if steps > 1 else 0.0
+    return EpochStats(float(losses.mean()), std, steps, finite)
 
 
 @torch.no_grad()
@@ -122,14 +126,15 @@ def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Opti
     if train["optimizer"] not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {train['optimizer']!r}: use one of "
                         f"{sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[train["optimizer"]]([p for p in model.parameters() if p.requires_grad],
-                                          train)
+    return OPTIMIZERS[train["optimizer"]](models.parameter_groups(model, train["lr"]), train)
 
 
 def epoch_metrics(model: nn.Module, splits: data.Splits, stats: EpochStats) -> dict[str, float]:
     """Train (on a fixed subset), validation and test loss/accuracy after an epoch.
 
-    Test is measured for the analysis only: nothing in the search reads it.
+    Test is measured for the analysis only: nothing in the search reads it. A finite training
+    loss with non-finite evaluation (weights blew up in the last steps) also counts as diverged:
+    the sentinel metrics come back and `is_diverged` says so.
     """
     if not stats.finite:
         return {f"{s}_{m}": (DIVERGED_LOSS if m == "loss" else 0.0)
@@ -143,6 +148,11 @@ def epoch_metrics(model: nn.Module, splits: data.Splits, stats: EpochStats) -> d
     return metrics
 
 
+def is_diverged(metrics: dict[str, float]) -> bool:
+    """True when `epoch_metrics` returned the divergence sentinels."""
+    return metrics["val_loss"] == DIVERGED_LOSS and metrics["val_acc"] == 0.0
+
+
 def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | None = None,
               device: str = "cpu", context: dict[str, Any] | None = None) -> None:
     """Train one config for `train.epochs`, reporting metrics and a checkpoint state each epoch.
@@ -154,7 +164,12 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
     dataset, hp, train = split_config(config)
     splits = load_splits(dataset, device)
     torch.manual_seed(train["seed"])
-    model = models.build(hp.pop("name"), splits.in_shape, splits.num_classes, **hp).to(device)
+    model = models.build(hp.pop("name"), splits.in_shape, splits.num_classes, **hp)
+    if isinstance(model, baselines.TreeBaseline):  # trees: no optimizer, no gradients
+        fixed = {"seed": train["seed"], **(context or {})}
+        baselines.run_tree_trial(model, splits, train, report, state, fixed)
+        return
+    model = model.to(device)
     optimizer = build_optimizer(model, train)
     generator = torch.Generator().manual_seed(train["seed"])
     start_epoch = 1
@@ -172,8 +187,11 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
         stats = train_one_epoch(model, optimizer, splits.train, train["batch_size"], generator,
                                 grad_sums)
         train_s = time.perf_counter() - started
+        measured = epoch_metrics(model, splits, stats)
+        if is_diverged(measured):  # evaluation can overflow even when every step loss was finite
+            stats.finite = False
         metrics = {
-            "epoch": epoch, "steps": stats.steps, **epoch_metrics(model, splits, stats),
+            "epoch": epoch, "steps": stats.steps, **measured,
             "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - started,
             "samples_per_s": len(splits.train) / train_s if train_s > 0 else math.nan,
             "step_loss_std": stats.loss_std if stats.finite else math.nan,
