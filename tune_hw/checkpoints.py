@@ -24,8 +24,8 @@ import pandas as pd
 
 from tune_hw.baselines import TREE_MODELS
 from tune_hw.errors import UserError
+from tune_hw.trainable import CHECKPOINT_FILE
 
-CHECKPOINT_FILE = "state.pt"  # the file tune_trainable writes into each checkpoint
 AUTO_RUNS = {"full": [], "quick": ["--quick"]}  # missing runs created on demand, their flags
 
 

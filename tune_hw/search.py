@@ -431,14 +431,14 @@ def _missing(value: Any) -> bool:
 
 def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     """Validate, start or resume the search, write results; the exit code."""
-    # relative run:STUDY/RUN weights resolve under this run's storage, in driver and workers
-    os.environ.setdefault("TUNE_HW_STORAGE", str(Path(args.storage_path).expanduser().resolve()))
-    study = spaces.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
-    sizes = preflight(study)
     if "://" in args.storage_path:
         raise UserError(f"--storage-path {args.storage_path}: object storage is not supported "
                         "for results yet; use a directory (on a cluster, one every node mounts)")
     storage = Path(args.storage_path).expanduser().resolve()
+    # relative run:STUDY/RUN weights resolve under this run's storage, in driver and workers
+    os.environ.setdefault("TUNE_HW_STORAGE", str(storage))
+    study = spaces.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
+    sizes = preflight(study)
     run_name = args.name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = storage / study.name / run_name
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
