@@ -245,7 +245,7 @@ def _check_search(study: Study, where: str) -> None:
 
 
 def _check_space(study: Study, where: str) -> None:
-    algorithm = study.search["algorithm"] if isinstance(study.search, dict) else "optuna"
+    algorithm = study.search["algorithm"]
     for key, spec in study.space.items():
         section, _, name = key.partition(".")
         if section not in SECTIONS:

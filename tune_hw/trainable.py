@@ -129,28 +129,22 @@ def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Opti
     return OPTIMIZERS[train["optimizer"]](models.parameter_groups(model, train["lr"]), train)
 
 
-def epoch_metrics(model: nn.Module, splits: data.Splits, stats: EpochStats) -> dict[str, float]:
+# what a diverged epoch reports: finite, so searchers and ASHA see a bad value, not NaN
+DIVERGED_METRICS = {f"{s}_{m}": (DIVERGED_LOSS if m == "loss" else 0.0)
+                    for s in ("train", "val", "test") for m in ("loss", "acc")}
+
+
+def epoch_metrics(model: nn.Module, splits: data.Splits) -> dict[str, float] | None:
     """Train (on a fixed subset), validation and test loss/accuracy after an epoch.
 
-    Test is measured for the analysis only: nothing in the search reads it. A finite training
-    loss with non-finite evaluation (weights blew up in the last steps) also counts as diverged:
-    the sentinel metrics come back and `is_diverged` says so.
+    Test is measured for the analysis only: nothing in the search reads it. None when any
+    value is not finite: the weights blew up even if every step loss was finite.
     """
-    if not stats.finite:
-        return {f"{s}_{m}": (DIVERGED_LOSS if m == "loss" else 0.0)
-                for s in ("train", "val", "test") for m in ("loss", "acc")}
     train_subset = data.Split(splits.train.x[:TRAIN_EVAL_ROWS], splits.train.y[:TRAIN_EVAL_ROWS])
     metrics = {}
     for name, split in (("train", train_subset), ("val", splits.val), ("test", splits.test)):
         metrics[f"{name}_loss"], metrics[f"{name}_acc"] = evaluate(model, split)
-    if not all(math.isfinite(v) for v in metrics.values()):
-        return epoch_metrics(model, splits, EpochStats(math.nan, math.nan, stats.steps, False))
-    return metrics
-
-
-def is_diverged(metrics: dict[str, float]) -> bool:
-    """True when `epoch_metrics` returned the divergence sentinels."""
-    return metrics["val_loss"] == DIVERGED_LOSS and metrics["val_acc"] == 0.0
+    return metrics if all(math.isfinite(v) for v in metrics.values()) else None
 
 
 def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | None = None,
@@ -187,22 +181,21 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
         stats = train_one_epoch(model, optimizer, splits.train, train["batch_size"], generator,
                                 grad_sums)
         train_s = time.perf_counter() - started
-        measured = epoch_metrics(model, splits, stats)
-        if is_diverged(measured):  # evaluation can overflow even when every step loss was finite
-            stats.finite = False
+        measured = epoch_metrics(model, splits) if stats.finite else None
+        diverged = measured is None
         metrics = {
-            "epoch": epoch, "steps": stats.steps, **measured,
+            "epoch": epoch, "steps": stats.steps, **(DIVERGED_METRICS if diverged else measured),
             "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - started,
             "samples_per_s": len(splits.train) / train_s if train_s > 0 else math.nan,
-            "step_loss_std": stats.loss_std if stats.finite else math.nan,
-            "step_loss_mean": stats.loss, "diverged": not stats.finite, **fixed,
+            "step_loss_std": math.nan if diverged else stats.loss_std,
+            "step_loss_mean": stats.loss, "diverged": diverged, **fixed,
         }
-        if grad_sums is not None and stats.finite:
+        if grad_sums is not None and not diverged:
             metrics["grad_layers"] = [name for name, _ in layers]
             metrics["grad_norms"] = (grad_sums / stats.steps).tolist()
         report(metrics, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "generator": generator.get_state(), "epoch": epoch})
-        if not stats.finite:
+        if diverged:
             return
 
 
