@@ -171,6 +171,9 @@ def test_tables_that_are_not_their_format_or_hold_nan_are_refused(tmp_path):
     (tmp_path / "nan.csv").write_text("a,label\n1,x\n,y\n3,x\n")
     with pytest.raises(UserError, match="non-finite values .* the first is row 1"):
         data.load(f"csv:{tmp_path / 'nan.csv'}")
+    (tmp_path / "unlabelled.csv").write_text("a,label\n1,x\n2,\n3,y\n")
+    with pytest.raises(UserError, match="column 'label' has 1 missing labels"):
+        data.load(f"csv:{tmp_path / 'unlabelled.csv'}")
     with pytest.raises(UserError, match="parquet file .*nope.parquet' does not exist"):
         data.load(f"parquet:{tmp_path / 'nope.parquet'}")
 

@@ -62,6 +62,9 @@ def _table_splits(frame, source: str, label: str, val_fraction: float, test_frac
     if label not in frame.columns:
         raise UserError(f"{source} has no column {label!r}: set dataset.label to one of "
                         f"{list(map(str, frame.columns))}")
+    if frame[label].isna().any():
+        raise UserError(f"{source}: column {label!r} has {int(frame[label].isna().sum())} "
+                        "missing labels: drop those rows")
     features = frame.drop(columns=[label]).select_dtypes("number")
     if features.shape[1] == 0:
         raise UserError(f"{source} has no numeric feature column besides {label!r}")

@@ -122,18 +122,21 @@ def _check_part(source: str, suffix: str, x: np.ndarray, y: np.ndarray) -> None:
 
 def label_codes(source: str, labels: list[np.ndarray]) -> list[torch.Tensor]:
     """Map labels of all splits together to 0..k-1 (sorted values); k must be at least 2."""
-    if any(y.dtype.kind == "f" for y in labels):
-        if not all(np.isfinite(y).all() and (y == np.round(y)).all() for y in labels):
-            raise UserError(f"{source}: y holds non-integer numbers: labels must be classes "
-                            "(integers or strings), tune_hw trains classifiers")
-    if any(y.dtype.kind not in "biufUS" for y in labels):
-        kinds = sorted({str(y.dtype) for y in labels})
-        raise UserError(f"{source}: y holds {kinds} values: labels must be integers or strings")
-    classes = np.unique(np.concatenate(labels))
+    every = np.concatenate(labels)  # one dtype for all splits (ints next to strings: strings)
+    if every.dtype.kind not in "biufUS":
+        raise UserError(f"{source}: y holds {every.dtype} values: labels must be integers or "
+                        "strings")
+    if every.dtype.kind == "f" and not np.isfinite(every).all():
+        raise UserError(f"{source}: y holds missing labels (NaN): drop those rows")
+    if every.dtype.kind == "f" and not (every == np.round(every)).all():
+        raise UserError(f"{source}: y holds non-integer numbers: labels must be classes "
+                        "(integers or strings), tune_hw trains classifiers")
+    classes, codes = np.unique(every, return_inverse=True)
     if len(classes) < 2:
-        raise UserError(f"{source}: y holds a single class ({classes[0].item()!r}): a classifier "
-                        "needs at least two")
-    return [torch.as_tensor(np.searchsorted(classes, y), dtype=torch.long) for y in labels]
+        raise UserError(f"{source}: y holds a single class ({classes[0].item()!r}): a "
+                        "classifier needs at least two")
+    ends = np.cumsum([len(y) for y in labels])[:-1]
+    return [torch.as_tensor(part, dtype=torch.long) for part in np.split(codes, ends)]
 
 
 def to_tensor(x: np.ndarray) -> torch.Tensor:
