@@ -39,16 +39,21 @@ def load_imagefolder(path: str, size: int | list[int] | None = None, val_fractio
     if not path or not root.is_dir():
         raise UserError(f"image folder {path!r} does not exist: give a directory as "
                         "imagefolder:DIR (DIR/<class>/<image> or DIR/train/<class>/<image>)")
-    dirs = {s: root / s for s in SPLIT_DIRS if (root / s).is_dir()} if (root / "train").is_dir() \
-        else {"train": root}
     hw = _size(size, source)
     try:
-        files = {split: class_files(folder) for split, folder in dirs.items()}
+        files = {split: class_files(folder) for split, folder in split_dirs(root).items()}
         parts = cached_arrays(root, files, hw, source)
     except PermissionError as exc:
         raise UserError(f"{source} cannot be read ({exc.strerror}: {exc.filename}): give the "
                         "user running the search read access") from None
     return from_arrays(source, parts, val_fraction, test_fraction, seed)
+
+
+def split_dirs(root: Path) -> dict[str, Path]:
+    """DIR/train (with DIR/val, DIR/test where present) when there is one, else DIR itself."""
+    if not (root / "train").is_dir():
+        return {"train": root}
+    return {split: root / split for split in SPLIT_DIRS if (root / split).is_dir()}
 
 
 def class_files(folder: Path) -> list[tuple[Path, str]]:
