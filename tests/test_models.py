@@ -10,6 +10,8 @@ CASES = [  # every registered model, on the shapes of a dataset it is studied on
     ("mlp", "countries", {"width": 16, "depth": 3, "norm": "batch", "residual": True}),
     ("mlp", "digits", {"width": 16, "depth": 2, "norm": "layer", "activation": "tanh"}),
     ("cnn", "digits", {"kernel_size": 5, "channels": 8, "depth": 2, "norm": "batch"}),
+    ("cnn", "mnist1d", {"kernel_size": 5, "channels": 8, "depth": 2, "norm": "batch"}),
+    ("mlp", "mnist1d", {"width": 16, "depth": 1}),
     ("resnet18", "digits", {"mode": "scratch"}),
 ]
 
@@ -29,6 +31,48 @@ def test_model_builds_and_runs_forward_backward(name, dataset, hp):
     torch.nn.functional.cross_entropy(logits, splits.train.y[:16]).backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("in_shape", [(40,), (3, 40)])
+def test_cnn_on_signals_is_a_conv1d_net_with_batchnorm1d(in_shape):
+    model = models.build("cnn", in_shape, 4, kernel_size=5, channels=6, depth=3, norm="batch")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert len(convs) == 3 and convs[0].in_channels == (in_shape[0] if len(in_shape) == 2 else 1)
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()) == 3
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    x = torch.randn(8, *in_shape, requires_grad=True)
+    logits = model(x)
+    assert logits.shape == (8, 4)
+    torch.nn.functional.cross_entropy(logits, torch.arange(8) % 4).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    # same padding: every position keeps its own output, so the input gradient covers all 40
+    assert (x.grad.abs().sum(0) > 0).all()
+    # kernel_size, channels and depth mean what they mean in 2-D: k*c_in*c_out + c_out per conv
+    c_in = in_shape[0] if len(in_shape) == 2 else 1
+    assert sum(p.numel() for p in model.parameters()) == \
+        (5 * c_in * 6 + 6) + 2 * (5 * 6 * 6 + 6) + 3 * 2 * 6 + (6 * 4 + 4)
+
+
+def test_cnn_with_kernel_size_1_sees_one_position_at_a_time():
+    # kernel 1 + global pooling: permuting the positions cannot change the output; kernel 3 can
+    torch.manual_seed(0)
+    x = torch.randn(16, 2, 40)
+    order = torch.randperm(40)
+    for kernel_size, invariant in ((1, True), (3, False)):
+        model = models.build("cnn", (2, 40), 5, kernel_size=kernel_size, channels=8,
+                             depth=3, norm="batch").eval()
+        same = torch.allclose(model(x), model(x[:, :, order]), atol=1e-5)
+        assert same == invariant, kernel_size
+
+
+def test_cnn_refuses_shapes_it_cannot_convolve():
+    with pytest.raises(UserError, match=r"cnn needs a signal .* got shape \(1, 2, 3, 4\)"):
+        models.build("cnn", (1, 2, 3, 4), 3)
+
+
+def test_mlp_flattens_any_shape():
+    for shape in ((40,), (3, 40), (8, 8), (3, 8, 8)):
+        assert models.build("mlp", shape, 3, width=8)(torch.randn(2, *shape)).shape == (2, 3)
 
 
 def test_mlp_depth_counts_hidden_blocks():

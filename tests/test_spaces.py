@@ -103,3 +103,22 @@ def test_a_searched_section_and_keys_inside_it_are_refused(tmp_path):
     text = text.replace("{algorithm: optuna, num_samples: 4}", "{algorithm: random, num_samples: 4}")
     with pytest.raises(StudyError, match="searches the whole section and space also searches"):
         spaces.load_study(str(write(tmp_path, text)))
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("{name: 'npz:/data/x.npz', label: y}",
+     "dataset 'npz:/data/x.npz' has no option(s) ['label']: it takes ['layout', 'seed', "
+     "'test_fraction', 'val_fraction']"),
+    ("{name: 'imagefolder:/pics', colour: true}", "has no option(s) ['colour']"),
+    ("{name: mnist1d, val_fraction: lots}", "dataset.val_fraction must be float, got 'lots'"),
+    ("{name: mnist1d, shuffle: 1}", "dataset.shuffle must be bool, got 1"),
+    ("{name: 'npz:'}", "dataset 'npz:' names no path: write npz:PATH"),
+    ("{name: 'hdf5:/x.h5'}", "unknown dataset 'hdf5:/x.h5': use one of ['cifar10', 'countries', "
+     "'csv:PATH', 'digits', 'fashion_mnist', 'imagefolder:DIR', 'mnist', 'mnist1d', 'npz:PATH', "
+     "'parquet:PATH', 'svhn']"),
+])
+def test_dataset_options_are_checked_for_every_loader(tmp_path, dataset, message):
+    path = write(tmp_path, GOOD.replace("{name: countries, n_train: 500}", dataset))
+    with pytest.raises(StudyError) as caught:
+        spaces.load_study(str(path))
+    assert str(path) in str(caught.value) and message in str(caught.value)

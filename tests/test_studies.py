@@ -12,7 +12,7 @@ import torch
 
 from tune_hw import checkpoints, models, results, search, spaces
 
-STUDIES = ["architectures", "lr_extremes", "epochs", "normalization", "width_depth", "deep",
+STUDIES = ["architectures", "architectures_1d", "lr_extremes", "epochs", "normalization", "width_depth", "deep",
            "batch_size", "pretrain", "transfer"]
 
 
@@ -68,6 +68,23 @@ def test_architectures_compares_mlps_and_every_cnn_kernel(storage):
     # kernel size 1 sees no spatial structure: the fewest parameters of all
     assert by(trials, model__name="cnn", model__kernel_size=1).num_params == \
         trials.num_params.min()
+
+
+def test_architectures_1d_crosses_every_model_with_ordered_and_shuffled_mnist1d(storage):
+    run = quick(storage, "architectures_1d")
+    trials = run.trials
+    assert set(trials.status) == {"completed"} and len(trials) == 10
+    kernels = trials["config/model.kernel_size"].fillna(0).astype(int)  # 0: the MLP
+    assert set(zip(kernels, trials["config/dataset.shuffle"], strict=True)) == \
+        {(k, shuffle) for k in (0, 1, 3, 5, 7) for shuffle in (False, True)}
+    assert run.study["data_sizes"] == {"train": 500, "val": 800, "test": 1000}
+    # Conv1d on the signals: each layer has k x c_in x c_out weights (a Conv2d would have k^2)
+    cnn = trials[trials["config/model.name"] == "cnn"]
+    params = dict(zip(cnn["config/model.kernel_size"], cnn.num_params, strict=True))
+    assert params == {k: (32 * k + 32) + 2 * (32 * 32 * k + 32) + (32 * 10 + 10)
+                      for k in (1, 3, 5, 7)}
+    mlp = trials[trials["config/model.name"] == "mlp"]
+    assert (mlp.num_params == (40 * 256 + 256) + 2 * (256 * 256 + 256) + (256 * 10 + 10)).all()
 
 
 def test_lr_extremes_records_divergence_without_retry(storage):

@@ -67,6 +67,15 @@ def test_gradient_tracking_reports_one_norm_per_linear_layer(tiny_countries):
     assert len(rows[0]["grad_norms"]) == 6 and min(rows[0]["grad_norms"]) > 0
 
 
+def test_gradient_tracking_covers_the_conv1d_layers_of_a_signal_cnn(tiny_countries):
+    config = {k: v for k, v in tiny_countries.items() if not k.startswith(("dataset.", "model."))}
+    rows, _ = collect({**config, "dataset.name": "mnist1d", "dataset.n_train": 64,
+                       "model.name": "cnn", "model.kernel_size": 3, "model.channels": 4,
+                       "model.depth": 2, "train.track_grads": True, "train.epochs": 1})
+    assert rows[0]["grad_layers"] == ["1", "4", "9"]  # conv, conv, head (0 is the Unflatten)
+    assert min(rows[0]["grad_norms"]) > 0
+
+
 def test_same_seed_same_result_other_seed_other_result(tiny_countries):
     config = {**tiny_countries, "train.epochs": 1}
     a, b = collect(config)[0][0], collect(config)[0][0]

@@ -61,25 +61,30 @@ def build_mlp(in_shape: tuple[int, ...], num_classes: int, width: int = 64, dept
     return MLP(in_features, num_classes, width, depth, norm, residual, activation)
 
 
+CONV_LAYERS = {1: (nn.Conv1d, nn.BatchNorm1d, nn.AdaptiveAvgPool1d),  # signals: (L,), (C, L)
+               2: (nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d)}  # images: (C, H, W)
+
+
 def build_cnn(in_shape: tuple[int, ...], num_classes: int, kernel_size: int = 3,
               channels: int = 32, depth: int = 2, norm: str = "none") -> nn.Module:
     """`depth` same-padded conv layers of `kernel_size`, global average pool, linear head.
 
-    The global pool is deliberate: with kernel_size 1 the net sees no spatial structure,
-    which is the underfitting case the architectures study asks about.
+    Conv1d on signals ((L,) or (C, L)), Conv2d on images (C, H, W). The global pool is
+    deliberate: with kernel_size 1 the net sees no spatial structure, which is the
+    underfitting case the architectures studies ask about.
     """
     _check_choice("norm", norm, ("none", "batch"))
-    if len(in_shape) != 3:
-        raise UserError(f"cnn needs image input (C x H x W), got shape {in_shape}: use mlp "
-                        "for tabular or 2-D data")
-    layers: list[nn.Module] = []
-    in_ch = in_shape[0]
+    if len(in_shape) not in (1, 2, 3):
+        raise UserError(f"cnn needs a signal (L or C x L) or an image (C x H x W), got shape "
+                        f"{in_shape}: use mlp, which flattens any shape")
+    conv, batch_norm, pool = CONV_LAYERS[1 if len(in_shape) < 3 else 2]
+    layers: list[nn.Module] = [nn.Unflatten(1, (1, in_shape[0]))] if len(in_shape) == 1 else []
+    in_ch = 1 if len(in_shape) == 1 else in_shape[0]
     for _ in range(depth):
-        layers += [nn.Conv2d(in_ch, channels, kernel_size, padding=kernel_size // 2),
-                   nn.BatchNorm2d(channels) if norm == "batch" else nn.Identity(), nn.ReLU()]
+        layers += [conv(in_ch, channels, kernel_size, padding="same"),
+                   batch_norm(channels) if norm == "batch" else nn.Identity(), nn.ReLU()]
         in_ch = channels
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(in_ch, num_classes))
+    return nn.Sequential(*layers, pool(1), nn.Flatten(), nn.Linear(in_ch, num_classes))
 
 
 class LinearProbe(nn.Module):

@@ -6,7 +6,6 @@ Every error names the file, the key, the rule, the value received and the fix.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,19 +343,15 @@ def _check_model(model: dict[str, Any], where: str) -> None:
 def _check_dataset(dataset: dict[str, Any], where: str) -> None:
     name = dataset.get("name")
     if name is None:
-        raise StudyError(f"{where}: dataset.name is missing: use one of "
-                         f"{sorted(data.DATASETS)} or csv:PATH")
+        raise StudyError(f"{where}: dataset.name is missing: use one of {sorted(data.DATASETS)}")
     try:
-        data.dataset_loader(name)
+        accepted = data.dataset_options(name)
     except UserError as exc:
         raise StudyError(f"{where}: {exc}") from None
-    if name.startswith("csv:"):
-        return
-    params = inspect.signature(data.DATASETS[name]).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):  # torchvision wrappers
-        params = inspect.signature(data.load_torchvision).parameters
-    accepted = {k: p.default for k, p in params.items() if k != "name"}
     unknown = set(dataset) - set(accepted) - {"name"}
     if unknown:
         raise StudyError(f"{where}: dataset {name!r} has no option(s) {sorted(unknown)}: it "
                          f"takes {sorted(accepted)}")
+    for key, value in dataset.items():
+        if key != "name":
+            _check_type(f"dataset.{key}", value, accepted[key], where)

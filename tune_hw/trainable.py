@@ -79,7 +79,8 @@ class EpochStats:
 def _linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Weights of every linear/conv layer, input side first (module definition order)."""
     return [(name, module.weight) for name, module in model.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d)) and module.weight.requires_grad]
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+            and module.weight.requires_grad]
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: data.Split,
