@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,144 @@ def test_report_on_a_directory_that_is_not_a_run(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path} is not a tune_hw run: it has no trials.parquet; pass a directory "
         "like runs/<study>/<run_name>"]
+
+
+# ------------------------------------------------- caught before Ray, run in this process
+
+BIG = "description: bad-input base\n# " + "x" * (2 << 20)
+# name: (text replaced in BASE, replacement, extra CLI args, what the one line must say);
+# {marker}, {dir} and {study} in the arguments are the payload marker, the case's directory
+# and the study file
+EARLY_CASES = {
+    "billion_laughs": ("description: bad-input base",
+                       'description: &a ["lol", "lol"]\nx: &b [*a, *a, *a]', [],
+                       "anchors and aliases (&name, *name) are not accepted"),
+    "file_over_1_mib": ("description: bad-input base", BIG, [], "KiB a study file may have"),
+    "not_utf8": ("description: bad-input base", "description: caf\udce9", [], "is not UTF-8"),
+    "description_not_a_string": ("description: bad-input base", "description: {a: 1}", [],
+                                 "description must be a string"),
+    "duplicate_key": ("scheduler: {name: asha}", "scheduler: {name: asha}\ntrain: {epochs: 3}",
+                      [], "duplicate key 'train'"),
+    "non_string_key": ("scheduler: {name: asha}", "scheduler: {name: asha}\n1: one", [],
+                       "key 1 is not a string"),
+    "null_value": ("width: 16", "width: null", [], "model.width is null"),
+    "empty_value": ("width: 16", "width: ", [], "model.width is null"),
+    "float_for_int": ("width: 16", "width: 16.0", [], "model.width must be int, got 16.0"),
+    "float_int_bounds": ("  train.lr: {loguniform: [1.0e-4, 1.0]}",
+                         "  train.lr: {loguniform: [1.0e-4, 1.0]}\n  model.depth: {int: [1.0, 3.0]}",
+                         [], "int bounds must be whole numbers"),
+    "set_unclosed": ("", "", ["--set", "train.lr=[unclosed"], "--set train.lr: invalid YAML"),
+    "set_yaml_tag": ("", "", ["--set", "train.lr=!!python/object/apply:os.system ['touch {marker}']"],
+                     "tags like tag:yaml.org,2002:python/object/apply:os.system are not accepted"),
+    "set_null": ("", "", ["--set", "train.lr="], "--set train.lr: is empty (null)"),
+    "storage_is_a_file": ("", "", ["--storage-path", "{study}"], "cannot write runs into"),
+    "storage_under_proc": ("", "", ["--storage-path", "/proc/tune_hw_runs"],
+                           "cannot write runs into /proc/tune_hw_runs/"),
+    "name_climbs_out": ("", "", ["--name", "../../x"], "contains a path separator"),
+    "name_absolute": ("", "", ["--name", "{dir}/elsewhere"], "contains a path separator"),
+    "name_dotdot": ("", "", ["--name", ".."], "--name '..' is '..'"),
+    "name_dot": ("", "", ["--name", "."], "--name '.' is '.'"),
+    "name_too_long": ("", "", ["--name", "x" * 300], "is 300 bytes long"),
+    "resume_name_climbs_out": ("", "", ["--name", "../../x", "--resume"],
+                               "contains a path separator"),
+    "resume_name_absolute": ("", "", ["--name", "{dir}/elsewhere", "--resume"],
+                             "contains a path separator"),
+    "num_samples_not_a_number": ("", "", ["--num-samples", "many"],
+                                 "argument --num-samples: invalid int value: 'many'"),
+}
+
+
+def every_path(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+@pytest.mark.parametrize("name", sorted(EARLY_CASES))
+def test_bad_input_before_ray_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch,
+                                                             name):
+    from tune_hw import search
+
+    old, new, extra, message = EARLY_CASES[name]
+    marker, study, storage = tmp_path / "payload.ran", tmp_path / "study.yaml", tmp_path / "runs"
+    text = BASE.replace(old, new, 1) if old else BASE
+    study.write_bytes(text.encode("utf-8", "surrogateescape"))
+    args = [a.replace("{marker}", str(marker)).replace("{dir}", str(tmp_path))
+            .replace("{study}", str(study)) for a in extra]
+    if "--storage-path" not in args:
+        args += ["--storage-path", str(storage)]
+    monkeypatch.setenv("TUNE_HW_STORAGE", str(storage))  # main() must not leak its own
+    before = every_path(tmp_path)
+    with pytest.raises(SystemExit) if name == "num_samples_not_a_number" else nullcontext() \
+            as exited:
+        code = search.main([str(study), *args])
+    code = exited.value.code if exited else code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert not marker.exists()  # nothing in the input was executed
+    assert every_path(tmp_path) == before  # nothing written, inside the storage path or out
+
+
+# ------------------------------------------------------------------------------ report
+
+def _report_run(tmp_path: Path) -> Path:
+    import report_fixtures as F
+
+    F.write_lr_batch_run(tmp_path / "run", n=4)
+    return tmp_path / "run"
+
+
+def _corrupt(name: str, data: bytes):
+    def setup(run: Path) -> None:
+        (run / name).write_bytes(data)
+    return setup
+
+
+def _columns_missing(run: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame({"trial_id": ["a"], "best_val_acc": [0.5]}).to_parquet(run / "trials.parquet")
+
+
+def _out_file(run: Path) -> None:
+    (run.parent / "out.txt").write_text("my notes")
+
+
+# name: (setup of the hand-made run, CLI arguments after the run directory, the one line)
+REPORT_CASES = {
+    "corrupt_trials_parquet": (_corrupt("trials.parquet", b"PAR1 half a file"), [],
+                               "trials.parquet cannot be read as parquet"),
+    "corrupt_epochs_parquet": (_corrupt("epochs.parquet", b"\0" * 64), [],
+                               "epochs.parquet cannot be read as parquet"),
+    "columns_missing": (_columns_missing, [], "lacks the column(s) ['status', 'best_epoch'"),
+    "study_yaml_aliases": (_corrupt("study.yaml", b"name: &a [x]\nb: [*a, *a]\n"), [],
+                           "anchors and aliases"),
+    "out_is_a_file": (_out_file, ["--out", "{dir}/out.txt"], "out.txt is a file"),
+    "negative_seed": (None, ["--seed", "-1"], "argument --seed: must be 0 or more, got -1"),
+    "huge_bootstrap": (None, ["--bootstrap", "1000000000"],
+                       "argument --bootstrap: must be from 1 to 100,000, got 1,000,000,000"),
+    "zero_top": (None, ["--top", "0"], "argument --top: must be 1 or more, got 0"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPORT_CASES))
+def test_bad_report_input_is_one_line(tmp_path, capsys, name):
+    from tune_hw import report
+
+    setup, extra, message = REPORT_CASES[name]
+    run = _report_run(tmp_path)
+    if setup:
+        setup(run)
+    args = [a.replace("{dir}", str(tmp_path)) for a in extra]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "report")]
+    capsys.readouterr()
+    try:
+        code = report.main([str(run), *args])
+    except SystemExit as exited:  # argparse
+        code = exited.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "report").exists()
+    if name == "out_is_a_file":
+        assert (tmp_path / "out.txt").read_text() == "my notes"

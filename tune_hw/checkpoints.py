@@ -14,14 +14,12 @@ transfer --quick` works on a clean clone; any other missing run is an error.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
-
+from tune_hw import layout, results
 from tune_hw.baselines import TREE_MODELS
 from tune_hw.errors import UserError
 from tune_hw.trainable import CHECKPOINT_FILE
@@ -40,15 +38,22 @@ def storage_root() -> Path:
 
 
 def run_directory(ref: str) -> Path:
-    """`study/run_name` (relative to the storage root) or an absolute run directory."""
+    """`study/run_name` (relative to the storage root, and staying under it) or an absolute
+    run directory."""
     path = Path(ref).expanduser()
     if path.is_absolute():
         return path
-    parts = Path(ref).parts
-    if len(parts) != 2:
-        raise UserError(f"weights run:{ref} must be run:<study>/<run_name> (e.g. "
-                        "run:pretrain/full) or run:/absolute/path/to/a/run")
-    return storage_root() / ref
+    parts = ref.split("/")
+    try:
+        if len(parts) != 2:
+            raise UserError("it has no study/run_name parts")
+        for part in parts:
+            layout.check_name(part, "name")
+    except UserError:
+        raise UserError(f"weights run:{ref} must be run:<study>/<run_name> of two plain names "
+                        "(e.g. run:pretrain/full; '..' would leave the storage path) or "
+                        "run:/absolute/path/to/a/run") from None
+    return storage_root() / parts[0] / parts[1]
 
 
 def best_run_checkpoint(ref: str) -> Path:
@@ -93,7 +98,8 @@ def _inside_trial() -> bool:
 
 def best_trial(run_dir: Path, ref: str) -> str:
     """The trial id with the highest best_val_acc among trials that did not diverge or fail."""
-    trials = pd.read_parquet(run_dir / "trials.parquet")
+    trials = results.read_table(run_dir / results.TRIALS_FILE,
+                                ["trial_id", "status", "best_val_acc"])
     usable = trials[~trials["status"].isin(["diverged", "error"])].dropna(subset=["best_val_acc"])
     if "config/model.name" in usable:  # a tree baseline has no weights to transfer
         usable = usable[~usable["config/model.name"].isin(TREE_MODELS)]
@@ -115,7 +121,7 @@ def _trial_directory(run_dir: Path, trial_id: str, ref: str) -> Path:
 def _best_checkpoint(trial_dir: Path, ref: str) -> Path:
     """Of the checkpoints still on disk, the one whose report had the best val_acc."""
     kept = []
-    for row in _results(trial_dir):
+    for row in results.read_result_rows(trial_dir):
         name = row.get("checkpoint_dir_name")
         if name and (trial_dir / name / CHECKPOINT_FILE).is_file():
             kept.append((row.get("val_acc", float("-inf")), -int(row.get("epoch", 0)), name))
@@ -123,17 +129,3 @@ def _best_checkpoint(trial_dir: Path, ref: str) -> Path:
         raise UserError(f"weights run:{ref}: trial {trial_dir.name} has no checkpoint with "
                         f"{CHECKPOINT_FILE}; rerun the source study with checkpoints kept")
     return trial_dir / max(kept)[2] / CHECKPOINT_FILE
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    """Tune's result.json: one JSON object per reported epoch."""
-    path = trial_dir / "result.json"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-    return rows

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from tune_hw import analysis as A
-from tune_hw.errors import UserError
+from tune_hw import layout
+from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.results import (
     EPOCH_COLUMNS,
     GRAD_COLUMNS,
@@ -37,10 +38,12 @@ from tune_hw.results import (
     Run,
     build_tables,
     load_run,
+    read_ray_trials,
     read_study,
 )
 
 DEFAULT_OUT = Path("reports")
+MAX_BOOTSTRAP = 100_000  # 1e5 resamples of every trial's two accuracies: seconds, not GiBs
 DIVERGED_LOSS_DRAWN = 1e6  # losses above this are divergence sentinels, not drawn
 MAX_TABLE_ROWS = 40
 MAX_LEVELS = 8  # a categorical factor with more values gets no per-value learning curves
@@ -51,24 +54,34 @@ LABEL_COLORS = {"good": "tab:green", "overfit": "tab:orange", "underfit": "tab:p
                 "diverged": "tab:red"}
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def _integer(low: int, high: int | None = None):
+    """An argparse type: a whole number in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high:,}" if high is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value:,}")
+        return value
+    return parse
+
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tune_hw.report",
+    parser = ArgumentParser(prog="python -m tune_hw.report",
                                      description="Write the report of a tune_hw run.")
     parser.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/lr_batch/r1")
     parser.add_argument("--out", type=Path,
                         help="output directory (default reports/<study>/<run_name>/)")
-    parser.add_argument("--top", type=_positive, default=5,
+    parser.add_argument("--top", type=_integer(1), default=5,
                         help="trials in the top learning curves (default 5)")
-    parser.add_argument("--bootstrap", type=_positive, default=A.N_BOOTSTRAP,
-                        help=f"bootstrap resamples (default {A.N_BOOTSTRAP})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of bootstrap and importance")
+    parser.add_argument("--bootstrap", type=_integer(1, MAX_BOOTSTRAP), default=A.N_BOOTSTRAP,
+                        help=f"bootstrap resamples (default {A.N_BOOTSTRAP}, at most "
+                             f"{MAX_BOOTSTRAP:,})")
+    parser.add_argument("--seed", type=_integer(0), default=0,
+                        help="seed of bootstrap and importance (0 or more)")
     return parser.parse_args(argv)
 
 
@@ -88,26 +101,24 @@ def read_run(run_dir: Path) -> Run:
 
 
 def live_run(run_dir: Path) -> Run:
-    """Read a search that has not written its parquet files yet from Ray's trial files."""
-    if not any(run_dir.glob("experiment_state*.json")):
+    """Read a search that has not written its parquet files yet from Ray's text files (the
+    directory may come from anyone: nothing in it is unpickled)."""
+    records = read_ray_trials(run_dir)
+    if not records:
         raise UserError(f"{run_dir} has no trial results yet (the search has only just "
                         "started): run the report again once a trial has reported")
-    try:
-        from tune_hw.search import collect_records
-
-        records = collect_records(run_dir)
-    except Exception as exc:  # Ray's readers raise many types; the user needs one line
-        raise UserError(f"cannot read the running search in {run_dir} ({exc}); wait until "
-                        f"it writes {TRIALS_FILE}") from None
-    if not records:
-        raise UserError(f"{run_dir} has no trial results yet: run the report again once a "
-                        "trial has reported")
     trials, epochs, grads = build_tables(records)
     return Run(run_dir, trials, epochs, grads, read_study(run_dir))
 
 
 def default_out(run: Run) -> Path:
-    study = run.study.get("name") or run.path.resolve().parent.name
+    """reports/<study>/<run_name>: the study's name only when it is a plain name (study.yaml
+    is the run's, not ours to trust), else the directory the run sits in."""
+    study = run.study.get("name")
+    try:
+        layout.check_name(study, "study name")
+    except (UserError, TypeError):
+        study = run.path.resolve().parent.name
     return DEFAULT_OUT / str(study) / run.path.resolve().name
 
 
@@ -731,13 +742,35 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+def make_out_dir(out: Path) -> None:
+    """The report's directory and its figures/, or one line saying why it cannot be."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a directory for the report")
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the report directory {out} ({exc.strerror or exc}); "
+                        "give a directory you can write with --out") from None
+
+
+def earlier_figures(out: Path) -> list[Path]:
+    """The figures an earlier report listed in out/summary.json: the only files it replaces
+    (a directory given with --out may hold other PNGs)."""
+    try:
+        listed = json.loads((out / "summary.json").read_text()).get("figures", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    names = [f for f in listed if isinstance(f, str) and re.fullmatch(r"figures/\w+\.png", f)]
+    return [out / name for name in names if (out / name).is_file()]
+
+
 def build_report(run_dir: Path, out: Path | None = None, top: int = 5,
                  n_boot: int = A.N_BOOTSTRAP, seed: int = 0) -> Path:
     """Analyse the run and write report.md, index.html, figures/ and summary.json."""
     run = read_run(Path(run_dir))
     out = Path(out) if out else default_out(run)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    for old in (out / "figures").glob("*.png"):  # figures of an earlier report of this run
+    make_out_dir(out)
+    for old in earlier_figures(out):
         old.unlink()
     s = summarize(run, top, n_boot, seed)
     doc = Doc(f"{s['study']} / {s['run_name']}: tune_hw report")

@@ -1,11 +1,14 @@
 """The results contract: parquet schema, table building, atomic writes and `load_run`.
 
 A run directory holds `trials.parquet`, `epochs.parquet`, `grads.parquet` (when gradient
-tracking was on) and `study.yaml`, next to Ray's own experiment files.
+tracking was on) and `study.yaml`, next to Ray's own experiment files. Ray's trial records are
+read from its plain-text files only (`read_ray_trials`): a run directory may come from anyone,
+and nothing in it is ever unpickled here.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -15,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from tune_hw import layout, strict_yaml
 from tune_hw.errors import UserError
 
 EPOCH_COLUMNS = [
@@ -29,6 +32,7 @@ TRIAL_SUMMARY_COLUMNS = [
     "num_params", "error",
 ]
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
+TRIAL_COLUMNS = ["trial_id", "status", *TRIAL_SUMMARY_COLUMNS]  # plus one config/<key> each
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")
 
 TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
@@ -156,6 +160,7 @@ def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[s
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     trials, epochs, grads = build_tables(records)
+    _refuse_shrinking(run_dir / TRIALS_FILE, len(trials))
     _atomic_write(run_dir / TRIALS_FILE, lambda p: trials.to_parquet(p, index=False))
     _atomic_write(run_dir / EPOCHS_FILE, lambda p: epochs.to_parquet(p, index=False))
     if len(grads):
@@ -168,14 +173,18 @@ def write_study(run_dir: str | Path, study: dict[str, Any]) -> None:
     """Write `study.yaml` alone (at the start of a run, so a running run can be read)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / STUDY_FILE,
-                  lambda p: Path(p).write_text(yaml.safe_dump(study, sort_keys=False)))
+    _atomic_write(run_dir / STUDY_FILE, lambda p: Path(p).write_text(strict_yaml.dump(study)))
 
 
 def read_study(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved study of a run, or {} when it has none."""
+    """The resolved study of a run, or {} when it has none (read as untrusted YAML)."""
     path = Path(run_dir) / STUDY_FILE
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    study = strict_yaml.read(path, allow_null=True) or {}
+    if not isinstance(study, dict):
+        raise UserError(f"{path} is not a study (a mapping of keys): restore it or delete it")
+    return study
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -184,17 +193,45 @@ def load_run(run_dir: str | Path) -> Run:
     if not (run_dir / TRIALS_FILE).is_file():
         raise UserError(f"{run_dir} is not a tune_hw run: it has no {TRIALS_FILE}; "
                         "pass a directory like runs/<study>/<run_name>")
-    trials = pd.read_parquet(run_dir / TRIALS_FILE)
-    epochs = pd.read_parquet(run_dir / EPOCHS_FILE) if (run_dir / EPOCHS_FILE).is_file() \
-        else pd.DataFrame(columns=EPOCH_COLUMNS)
-    grads = pd.read_parquet(run_dir / GRADS_FILE) if (run_dir / GRADS_FILE).is_file() \
-        else pd.DataFrame(columns=GRAD_COLUMNS)
+    trials = read_table(run_dir / TRIALS_FILE, TRIAL_COLUMNS)
+    epochs = read_table(run_dir / EPOCHS_FILE, EPOCH_COLUMNS) \
+        if (run_dir / EPOCHS_FILE).is_file() else pd.DataFrame(columns=EPOCH_COLUMNS)
+    grads = read_table(run_dir / GRADS_FILE, GRAD_COLUMNS) \
+        if (run_dir / GRADS_FILE).is_file() else pd.DataFrame(columns=GRAD_COLUMNS)
     return Run(run_dir, trials, epochs, grads, read_study(run_dir))
+
+
+def read_table(path: Path, required: Iterable[str]) -> pd.DataFrame:
+    """A parquet file of the schema; a damaged file or a missing column is one `UserError`."""
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ValueError...
+        raise UserError(f"{path} cannot be read as parquet ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); restore it "
+                        "from a backup, or rerun the search") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise UserError(f"{path} lacks the column(s) {missing} of the tune_hw schema: it was "
+                        "not written by tune_hw.search; pass a run directory it made")
+    return table
 
 
 def _trial_columns(trials: list[dict]) -> list[str]:
     config_keys = sorted({k for t in trials for k in t if k.startswith("config/")})
     return ["trial_id", "status", *config_keys, *TRIAL_SUMMARY_COLUMNS]
+
+
+def _refuse_shrinking(path: Path, n_new: int) -> None:
+    """Results are never replaced by fewer trials than they hold: that is a damaged run."""
+    import pyarrow.parquet as pq
+
+    try:
+        n_old = pq.read_metadata(path).num_rows if path.is_file() else 0
+    except Exception:  # an unreadable file holds no trials worth keeping
+        n_old = 0
+    if n_new < n_old:
+        raise UserError(f"refusing to replace {path} ({n_old} trials) with {n_new} trials: "
+                        "Ray's state of this run lost trials; the file is kept as it was")
 
 
 def _parquet_safe(value: Any) -> Any:
@@ -216,3 +253,105 @@ def _atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+# ------------------------------------------------------------- Ray's trial files, as text
+
+RAY_ENDED = ("TERMINATED", "ERROR")  # Ray's statuses of a trial that will not run again
+
+
+def read_experiment_state(run_dir: Path) -> list[dict[str, Any]] | None:
+    """The trials of Ray's newest experiment state, parsed as plain JSON (its pickled fields
+    stay unread hex), checked for what a restore needs; None before Ray has written one."""
+    path = layout.newest(run_dir, layout.EXPERIMENT_STATE)
+    if path is None:
+        return None
+    try:
+        state = json.loads(path.read_bytes())
+        entries = [[json.loads(part) for part in entry] for entry in state["trial_data"]]
+        trials = [trial for trial, _ in entries]
+        problem = None if isinstance(state["runner_data"], dict) and all(
+            isinstance(t, dict) and isinstance(t.get("trial_id"), str) and "status" in t
+            for t in trials) else "a trial entry lacks its id or status"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if problem:
+        raise UserError(f"Ray's experiment state {path} is damaged ({problem}): nothing was "
+                        "read from it or changed; if the search is still running, try again "
+                        "in a moment, else restore the file from a backup or start a new "
+                        "--name")
+    return trials
+
+
+def read_ray_trials(run_dir: Path) -> list[TrialRecord]:
+    """Every trial of a run from Ray's text files: id, status and directory from the
+    experiment state, config from params.json, rows from result.json, error from error.txt."""
+    records, seen = [], set()
+    for state in read_experiment_state(run_dir) or []:
+        trial_dir = _state_trial_dir(run_dir, state.get("relative_logdir"))
+        seen.add(trial_dir)
+        records.append(_trial_record(state["trial_id"], trial_dir, state["status"],
+                                     state.get("config")))
+    for trial_dir in layout.trial_dirs(run_dir):  # started after Ray last saved its state
+        if trial_dir not in seen:
+            rows = read_result_rows(trial_dir)
+            trial_id = rows[0].get("trial_id") if rows else None
+            records.append(_trial_record(str(trial_id or trial_dir.name.removeprefix("trial_")),
+                                         trial_dir, None, None))
+    return records
+
+
+def read_result_rows(trial_dir: Path) -> list[dict[str, Any]]:
+    """Tune's result.json: one JSON object per report (a line cut short by a crash is skipped)."""
+    path = trial_dir / "result.json"
+    rows = []
+    for line in (path.read_text(errors="replace").splitlines() if path.is_file() else []):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A whole searched section (a mapping) spreads into its dotted keys."""
+    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
+    for section, value in config.items():
+        if isinstance(value, dict):
+            flat.update({f"{section}.{k}": v for k, v in value.items()})
+    return flat
+
+
+def _trial_record(trial_id: str, trial_dir: Path | None, status: str | None,
+                  state_config: Any) -> TrialRecord:
+    params = _json_file(trial_dir / "params.json") if trial_dir else None
+    config = params if isinstance(params, dict) else state_config
+    error = None
+    if status == "ERROR":
+        lines = _text_lines(trial_dir / "error.txt") if trial_dir else []
+        error = lines[-1] if lines else "trial failed (no error text stored)"
+    return TrialRecord(trial_id=trial_id, config=flatten_config(config or {}),
+                       rows=read_result_rows(trial_dir) if trial_dir else [], error=error,
+                       ended=status in RAY_ENDED)
+
+
+def _state_trial_dir(run_dir: Path, name: Any) -> Path | None:
+    """The trial's directory named in the state, only when it is a directory of this run."""
+    try:
+        path = run_dir / layout.check_name(name, "trial directory")
+    except (UserError, TypeError):
+        return None
+    return path if path.is_dir() else None
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _text_lines(path: Path) -> list[str]:
+    return path.read_text(errors="replace").strip().splitlines() if path.is_file() else []

@@ -14,25 +14,26 @@ grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment fil
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tune_hw import results, spaces
-from tune_hw.errors import UserError
+from tune_hw import layout, results, spaces, strict_yaml
+from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.spaces import Study
 
 DEFAULT_STORAGE = "runs"
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tune_hw.search",
+    parser = ArgumentParser(prog="python -m tune_hw.search",
                                      description="Run a tune_hw study as a Ray Tune search.")
     parser.add_argument("study", help="study name in search_spaces/ (e.g. lr_batch) or a path")
     parser.add_argument("--quick", action="store_true", help="use the study's quick profile")
@@ -63,7 +64,7 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r} is not KEY=VALUE: write e.g. --set train.epochs=5")
-        overrides[key.strip()] = yaml.safe_load(value)
+        overrides[key.strip()] = strict_yaml.load(value, f"--set {key.strip()}")
     if args.num_samples is not None:
         overrides["search.num_samples"] = args.num_samples
     if args.seed is not None:
@@ -101,15 +102,6 @@ def param_space(study: Study) -> dict[str, Any]:
     for key, spec in study.space.items():
         space[key] = to_tune(*next(iter(spec.items())))
     return space
-
-
-def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A whole searched section (a mapping) spreads into its dotted keys."""
-    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    for section, value in config.items():
-        if isinstance(value, dict):
-            flat.update({f"{section}.{k}": v for k, v in value.items()})
-    return flat
 
 
 def make_search_alg(study: Study) -> Any:
@@ -225,8 +217,37 @@ def init_ray(address: str | None, dashboard: bool = False) -> None:
         return
     # address="local": always a new Ray, never someone else's `ray start` cluster on this host
     context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    node_ip = ray.util.get_node_ip_address()
+    if not ipaddress.ip_address(node_ip).is_loopback:
+        print(f"warning: the local Ray listens on {node_ip}, not 127.0.0.1: Ray was imported "
+              f"before tune_hw could set {LOOPBACK_ONLY}=0; set it before starting Python",
+              file=sys.stderr)
     if dashboard:
         print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+
+
+@contextlib.contextmanager
+def ray_on_loopback(local: bool) -> Iterator[None]:
+    """While a local run starts, Ray binds every server to 127.0.0.1: GCS, raylet, workers,
+    dashboard agent, metrics exporters.
+
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 is Ray's single-machine mode (its default on macOS
+    and Windows): the node's address is the loopback one, and each server binds the node's
+    address. Ray reads it when it is first imported, and the daemons it starts inherit it;
+    `_node_ip_address="127.0.0.1"` alone is resolved back to the machine's network address.
+    Cluster runs (`--address`) keep Ray's behaviour; the old value comes back afterwards so a
+    caller in the same process can still start `ray start` cluster nodes.
+    """
+    old = os.environ.get(LOOPBACK_ONLY)
+    if local:
+        os.environ[LOOPBACK_ONLY] = "0"
+    try:
+        yield
+    finally:
+        if local and old is None:
+            os.environ.pop(LOOPBACK_ONLY, None)
+        elif local:
+            os.environ[LOOPBACK_ONLY] = old
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -318,31 +339,6 @@ def _trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def collect_records(run_dir: Path) -> list[results.TrialRecord]:
-    """Every trial of a run as Ray stored it: config, reported rows, error, whether it ended."""
-    from ray.tune import ExperimentAnalysis
-
-    analysis = ExperimentAnalysis(str(run_dir))
-    frames = analysis.trial_dataframes
-    records = []
-    for trial in analysis.trials:
-        frame = frames.get(trial.trial_id)
-        rows = frame.to_dict("records") if frame is not None and len(frame) else []
-        records.append(results.TrialRecord(
-            trial_id=trial.trial_id, config=flatten_config(trial.config), rows=rows,
-            error=_error_text(trial), ended=trial.status in ("TERMINATED", "ERROR")))
-    return records
-
-
-def _error_text(trial: Any) -> str | None:
-    """The last line of the trial's error file (plain text; nothing is unpickled)."""
-    if trial.status != "ERROR":
-        return None
-    path = Path(trial.path or "", "error.txt")
-    lines = path.read_text().strip().splitlines() if path.is_file() else []
-    return lines[-1] if lines else "trial failed (no error text stored)"
-
-
 def print_best(run: results.Run, study: Study) -> None:
     trials = run.trials.dropna(subset=["best_val_acc"])
     if trials.empty:
@@ -363,35 +359,71 @@ def print_best(run: results.Run, study: Study) -> None:
 
 # ----------------------------------------------------------------------- resume, interrupts
 
-def check_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any]) -> None:
-    """A new run must not overwrite an old one; a resumed run must exist and match the study."""
-    from ray import tune
-
-    exists = run_dir.is_dir() and tune.Tuner.can_restore(str(run_dir))
-    if resume and not exists:
+def check_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any], storage: Path) -> None:
+    """A new run must not overwrite anything; a resumed run must exist, be trusted, be whole
+    and match the study."""
+    if not resume:
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise UserError(f"run {run_dir.name!r} already exists in {run_dir.parent}: add "
+                            "--resume to continue it, or choose another --name")
+        return
+    if not run_dir.is_dir():
         raise UserError(f"nothing to resume: no run {run_dir.name!r} under {run_dir.parent}; "
                         "check --name and --storage-path, or drop --resume to start it")
-    if not resume and exists:
-        raise UserError(f"run {run_dir.name!r} already exists in {run_dir.parent}: add --resume "
-                        "to continue it, or choose another --name")
-    if resume:
-        check_trusted(run_dir)
-        stored = results.read_study(run_dir)
-        current = yaml.safe_load(yaml.safe_dump(resolved))  # compare as stored: lists, not tuples
-        differ = sorted(k for k in current if k != "run_name" and stored.get(k) != current[k])
-        if differ:
-            raise UserError(f"run {run_dir.name!r} was made with a different study (differs in "
-                            f"{differ}): resume with the same study, --quick and --set options, "
-                            "or start a new --name")
+    check_trusted(run_dir, storage)
+    check_restorable(run_dir)
+    stored = results.read_study(run_dir)
+    current = strict_yaml.load(strict_yaml.dump(resolved), "the study", allow_null=True)
+    differ = sorted(k for k in current if k != "run_name" and stored.get(k) != current[k])
+    if differ:
+        raise UserError(f"run {run_dir.name!r} was made with a different study (differs in "
+                        f"{differ}): resume with the same study, --quick and --set options, "
+                        "or start a new --name")
 
 
-def check_trusted(run_dir: Path) -> None:
-    """Ray's experiment state holds pickles: restore only what this user made and owns."""
-    for path in (run_dir, *run_dir.glob("experiment_state*.json"), *run_dir.glob("*.pkl")):
+def check_trusted(run_dir: Path, storage: Path) -> None:
+    """Ray's restore unpickles files of the run: restore only files this user owns, in
+    directories (from the storage path down to each trial's) that nobody else can write."""
+    above = [p for p in run_dir.parents if p == storage or storage in p.parents]
+    trials = [p for p in run_dir.iterdir() if p.is_dir()]
+    for path in (*reversed(above), run_dir, *trials, *layout.restore_inputs(run_dir)):
         info = path.stat()
-        if info.st_uid != os.getuid() or info.st_mode & 0o022:
-            raise UserError(f"refusing to resume from {path}: it is owned by another user or "
-                            "writable by others, and restoring it would unpickle its contents")
+        problem = (f"owned by user id {info.st_uid}, not you" if info.st_uid != os.getuid()
+                   else f"writable by others (mode {info.st_mode & 0o777:o})"
+                   if info.st_mode & 0o022 else None)
+        if problem:
+            raise UserError(f"refusing to resume from {path}: it is {problem}, and restoring "
+                            "the run would unpickle its files; resume only runs you made in "
+                            "directories only you can write (chmod -R go-w), or start a new "
+                            "--name")
+
+
+def check_restorable(run_dir: Path) -> None:
+    """Refuse a damaged run before Ray reads it: Ray would log a traceback, start the
+    experiment over, and the new trials alone would replace the old results."""
+    if results.read_experiment_state(run_dir) is None:  # its own error when damaged
+        raise UserError(f"nothing to resume: run {run_dir.name!r} in {run_dir.parent} has no "
+                        f"Ray experiment state ({layout.EXPERIMENT_STATE}); start it again "
+                        "under a new --name")
+    pickles = [run_dir / layout.TUNER_STATE,
+               *(layout.newest(run_dir, glob) for glob in layout.PICKLED_STATES)]
+    for path in pickles:
+        if path is not None and not _whole_pickle(path):
+            raise UserError(f"{path} is missing or damaged (cut short): the run is not resumed "
+                            "and nothing was changed; restore it from a backup, or start a "
+                            "new --name")
+
+
+def _whole_pickle(path: Path) -> bool:
+    """True when `path` is a complete pickle; its opcodes are walked, never executed."""
+    import pickletools
+
+    try:
+        for _ in pickletools.genops(path.read_bytes()):
+            pass
+    except (OSError, ValueError, EOFError):
+        return False
+    return True
 
 
 def expected_trials(study: Study) -> int:
@@ -417,7 +449,7 @@ def resume_command(argv: list[str], run_name: str) -> str:
 
 def write_results(run_dir: Path, resolved: dict[str, Any], study: Study) -> bool:
     """Write the parquet files from what Ray stored; True when the search was interrupted."""
-    records = collect_records(run_dir)
+    records = results.read_ray_trials(run_dir)
     run = results.write_run(run_dir, records, resolved)
     interrupted = was_interrupted(records, study)
     if not interrupted:
@@ -431,6 +463,8 @@ def _missing(value: Any) -> bool:
 
 def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     """Validate, start or resume the search, write results; the exit code."""
+    run_name = time.strftime("%Y%m%d-%H%M%S") if args.name is None else \
+        layout.check_name(args.name, "--name")
     if "://" in args.storage_path:
         raise UserError(f"--storage-path {args.storage_path}: object storage is not supported "
                         "for results yet; use a directory (on a cluster, one every node mounts)")
@@ -438,11 +472,12 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     # relative run:STUDY/RUN weights resolve under this run's storage, in driver and workers
     os.environ.setdefault("TUNE_HW_STORAGE", str(storage))
     study = spaces.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
+    layout.check_name(study.name, f"{study.path}: the study name (its file name)")
     sizes = preflight(study)
-    run_name = args.name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = storage / study.name / run_name
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
-    check_run_dir(run_dir, args.resume, resolved)
+    check_run_dir(run_dir, args.resume, resolved, storage)
+    check_writable(storage, run_dir.parent)
     init_ray(args.address, args.dashboard)
     check_shared_storage(storage)
     if not args.address:
@@ -462,11 +497,30 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def check_writable(storage: Path, study_dir: Path) -> None:
+    """Runs can be written under the storage path: make the study's directory and a probe
+    file, before Ray starts, then remove what the probe made."""
+    import tempfile
+
+    made = [p for p in (study_dir, *study_dir.parents) if not p.exists()]  # deepest first
+    try:
+        study_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=study_dir).close()
+    except OSError as exc:
+        raise UserError(f"--storage-path {storage}: cannot write runs into {study_dir} "
+                        f"({exc.strerror or exc}); give a directory you can write") from None
+    finally:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
-        return run_search(args, argv)
+        with ray_on_loopback(local=not args.address):  # before anything imports Ray
+            return run_search(args, argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

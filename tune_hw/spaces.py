@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tune_hw import data, models
+from tune_hw import data, models, strict_yaml
 from tune_hw.errors import UserError
 from tune_hw.trainable import OPTIMIZERS, TRAIN_DEFAULTS
 
@@ -76,15 +74,11 @@ def study_path(name_or_path: str) -> Path:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Safe-load a study file; Python object tags and syntax errors become one line."""
+    """Read a study file with the strict loader; every problem is one line naming the file."""
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise StudyError(f"{path}: invalid YAML{where}: {problem}; fix the syntax (only plain "
-                         "YAML is accepted, no Python tags)") from None
+        raw = strict_yaml.read(path)
+    except UserError as exc:
+        raise StudyError(str(exc)) from None
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: a study file must be a mapping of keys, got "
                          f"{type(raw).__name__}")
@@ -146,8 +140,12 @@ def validate(raw: dict[str, Any], path: Path) -> Study:
     scheduler = _merge(SCHEDULER_DEFAULTS, raw.get("scheduler"), "scheduler", where)
     resources = _merge(RESOURCE_DEFAULTS, raw.get("resources"), "resources", where)
     failure = _merge(FAILURE_DEFAULTS, raw.get("failure"), "failure", where)
-    study = Study(path.stem, path, str(raw.get("description", "")), dataset, model, train,
-                  space, search, scheduler, resources, failure)
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise StudyError(f"{where}: description must be a string (one line of text), got "
+                         f"{type(description).__name__}")
+    study = Study(path.stem, path, description, dataset, model, train, space, search,
+                  scheduler, resources, failure)
     _check_space(study, where)
     _check_train(train, where)
     _check_search(study, where)
@@ -186,9 +184,9 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> None:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if isinstance(default, int) and not isinstance(default, bool) and ok:
-            ok = float(value).is_integer()
+        # an int where an int belongs: 16.0 is a float (models and ranges take whole numbers)
+        number = int if isinstance(default, int) else (int, float)
+        ok = isinstance(value, number) and not isinstance(value, bool)
     else:
         ok = isinstance(value, type(default))
     if ok:
@@ -286,8 +284,9 @@ def _check_distribution(key: str, kind: str, args: Any, where: str) -> None:
     if kind == "loguniform" and low <= 0:
         raise StudyError(f"{where}: {key}: a log range must be > 0, got low={low}; use a small "
                          "positive bound like 1.0e-6")
-    if kind == "int" and not all(float(v).is_integer() for v in args):
-        raise StudyError(f"{where}: {key}: int bounds must be whole numbers, got {args}")
+    if kind == "int" and not all(isinstance(v, int) for v in args):
+        raise StudyError(f"{where}: {key}: int bounds must be whole numbers written without a "
+                         f"dot, got {args}")
 
 
 def _check_algorithm(key: str, kind: str, args: list, algorithm: str, where: str) -> None:

@@ -1,0 +1,61 @@
+"""Names of a run's files and directories, and the rule that a name stays a name.
+
+A run lives in <storage>/<study>/<run_name>/: our parquet files and study.yaml, next to Ray's
+experiment files and one directory per trial. A study or run name becomes one directory, so it
+must be one path component: `../../x`, `/abs/path` or `..` would put the run elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tune_hw.errors import UserError
+
+MAX_NAME_BYTES = 255  # the longest file name Linux and macOS file systems take
+EXPERIMENT_STATE = "experiment_state-*.json"  # Ray's controller state, newest name last
+TUNER_STATE = "tuner.pkl"
+# Ray's restore copies every *.json and *.pkl of the run directory to its staging directory
+# and loads them there: tuner.pkl, experiment_state-*, search_gen_state-* (a cloudpickle),
+# basic-variant-state-*, searcher-state-*.pkl, callback-states-*.pkl. In a trial directory
+# the ResultGrid unpickles error.pkl of a failed trial.
+RESTORE_GLOBS = ("*.json", "*.pkl")
+TRIAL_PICKLE_GLOB = "*/*.pkl"
+PICKLED_STATES = ("search_gen_state-*.json", "searcher-state-*.pkl", "basic-variant-state-*.json",
+                  "callback-states-*.pkl")
+
+
+def check_name(name: str, what: str) -> str:
+    """`name` if it is one path component: not empty, `.` or `..`, no separator, <= 255 bytes."""
+    problem = None
+    if not name or name in (".", ".."):
+        problem = "is empty" if not name else f"is {name!r}"
+    elif any(sep and sep in name for sep in (os.sep, os.altsep, "/")):
+        problem = "contains a path separator"
+    elif any(ord(c) < 32 or c == "\x7f" for c in name):
+        problem = "contains a control character"
+    elif len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        problem = f"is {len(name.encode('utf-8', 'surrogateescape'))} bytes long"
+    if problem:
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise UserError(f"{what} {shown!r} {problem}: a name is one directory name of at most "
+                        f"{MAX_NAME_BYTES} bytes, without '/' and not '.' or '..' (e.g. r1)")
+    return name
+
+
+def newest(run_dir: Path, pattern: str) -> Path | None:
+    """The file Ray picks among `pattern`'s matches: the greatest name (names hold the time)."""
+    matches = sorted(p for p in run_dir.glob(pattern) if p.is_file())
+    return matches[-1] if matches else None
+
+
+def restore_inputs(run_dir: Path) -> list[Path]:
+    """Every file of the run that Ray unpickles or decodes when it restores or lists results."""
+    files = {p for pattern in (*RESTORE_GLOBS, TRIAL_PICKLE_GLOB) for p in run_dir.glob(pattern)}
+    return sorted(files)
+
+
+def trial_dirs(run_dir: Path) -> list[Path]:
+    """The trial directories of a run (Ray writes result.json or params.json into each)."""
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and (
+        (p / "result.json").is_file() or (p / "params.json").is_file()))
