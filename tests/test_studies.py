@@ -24,8 +24,7 @@ def storage(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     previous = os.environ.get("TUNE_HW_STORAGE")
     os.environ["TUNE_HW_STORAGE"] = str(root)
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             runtime_env={"env_vars": {"TUNE_HW_STORAGE": str(root)}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield root
     ray.shutdown()
     if previous is None:
