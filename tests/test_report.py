@@ -432,3 +432,13 @@ def test_a_trial_diverging_in_epoch_1_is_counted_apart_and_left_out(loss_ranked_
     assert [row["trial_id"] for row in s["leaderboard"]] == ranked.trial_id.tolist()
     assert "1 without a healthy epoch (1 diverged) are left out" in (
         tmp_path / "out" / "report.md").read_text()
+
+
+def test_each_table_column_has_one_number_format():
+    table = pd.DataFrame({"median_best_epoch": [1.0, 2.0, 3.0], "val_acc": [1.0, 0.5, 0.25],
+                          "lr": [1e-5, 0.3, 0.01], "value": [1, 16, 1024],
+                          "label": ["a", None, "c"]})
+    rows = [line.strip("| ").split(" | ") for line in report._md_table(table).splitlines()[2:]]
+    assert rows == [["1", "1.000", "1e-05", "1", "a"],
+                    ["2", "0.500", "0.3", "16", "–"],
+                    ["3", "0.250", "0.01", "1024", "c"]]
