@@ -17,6 +17,7 @@ from typing import Any
 
 from benchmarks.common import STUDY, field, interleave, load_run, log, run_search, search_argv
 from tune_hw import spaces, trainable
+from tune_hw.results import Ranking
 
 TOLERANCE = 0.005  # 0.5 accuracy points
 VARIANTS = {"fifo_random": {"search.algorithm": "random", "scheduler.name": "fifo"},
@@ -60,8 +61,9 @@ def ray_curve(storage: Path, name: str, started: float) -> list[tuple[float, flo
 
 def outcome(storage: Path, name: str) -> dict[str, Any]:
     """Final best validation accuracy, its test accuracy, and the compute the trials used."""
-    trials = load_run(storage, name).trials
-    best = trials.sort_values("best_val_acc", ascending=False).iloc[0]
+    run = load_run(storage, name)
+    trials = run.trials
+    best = Ranking.of(run.study).ranked(trials).iloc[0]  # the best trial, as the tool ranks
     return {"best_val_acc": float(best.best_val_acc), "test_at_best": float(best.test_acc_at_best),
             "trial_s": float(trials.wall_s.sum()),
             "statuses": trials.status.value_counts().to_dict()}

@@ -8,8 +8,10 @@ Run from the repository root (benchmarks/ is not installed with the package).
 
 Cases: overhead (tune_hw vs a bare PyTorch loop), data_path (tune_hw's batching vs
 DataLoader), search_efficiency (ASHA + Optuna vs FIFO + random vs plain Optuna), scaling
-(1 vs 2 concurrent trials, memory). Variants run interleaved with repeats; medians and min-max
-are reported with the machine's load, because a shared machine makes every timing noisy.
+(1 vs 2 concurrent trials, memory), snapshot (Tune's experiment snapshots at 1,000 short
+trials, against per-epoch Tune checkpoints). Variants run interleaved with repeats; medians
+and min-max are reported with the machine's load, because a shared machine makes every timing
+noisy.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import datapath, efficiency, overhead, scaling, table
+from benchmarks import datapath, efficiency, overhead, scaling, snapshot, table
 from benchmarks.common import TORCH_THREADS, log, ray_worker_niceness, start_peer, warm_up
 from benchmarks.machine import REPO, Monitor, load_average, machine_info, versions
 
-CASES = ("overhead", "data_path", "search_efficiency", "scaling")
+CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot")
 HERE = Path(__file__).resolve().parent
 
 
@@ -104,6 +106,8 @@ def run_cases(args: argparse.Namespace, storage: Path, monitor: Monitor) -> dict
                 cases["search_efficiency"] = efficiency.run(profile, storage, peer)
             if "scaling" in ray_cases:
                 cases["scaling"] = scaling.run(profile, storage, monitor)
+            if "snapshot" in ray_cases:
+                cases["snapshot"] = snapshot.run(profile, storage)
         finally:
             peer.shutdown()
             ray.shutdown()  # only the instance this process started

@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import norm
 
 from tune_hw import analysis as A
+from tune_hw.results import Ranking
 
 
 def table(val, test=None, **columns):
@@ -340,3 +341,60 @@ def test_whole_section_variants_become_one_factor():
     assert specs[0].values[2] == "cnn kernel_size=3, channels=8"
     assert A.grad_groups(t, specs)["t1"] == "residual=True, norm=none"
     assert A.group_table(t, "model").value.tolist()[0] == "residual=True, norm=none"
+
+
+# --------------------------------------------------- each trial's own sizes (defect 6)
+
+def test_bootstrap_and_standard_errors_use_each_trials_own_split_sizes():
+    t = table([0.80, 0.78], [0.80, 0.78])
+    t["val_size"], t["test_size"] = [1000, 100], [1000, 100]
+    s = A.val_test_stats(t, n_val=10**6, n_test=10**6, n_boot=40000)  # sizes of old runs only
+    q = norm.cdf(0.02 / math.sqrt(0.8 * 0.2 / 1000 + 0.78 * 0.22 / 100))
+    assert s["p_same_winner"] == pytest.approx(q ** 2 + (1 - q) ** 2, abs=0.02)
+    assert s["test_se"] == pytest.approx(math.sqrt(0.8 * 0.2 / 1000))  # the best trial's n
+    assert s["val_sizes"] == [100, 1000] and s["n_val"] is None
+    same = table([0.80, 0.78], [0.80, 0.78])
+    assert A.val_test_stats(same, 1000, 1000)["val_sizes"] == [1000]  # older runs: the study's
+
+
+def test_trials_without_a_healthy_epoch_are_counted_apart():
+    t = table([0.5, math.nan, 0.7, math.nan], [0.5, math.nan, 0.6, math.nan])
+    t["status"] = ["completed", "diverged", "completed", "error"]
+    assert A.left_out(t) == {"diverged": 1, "error": 1}
+    assert A.val_test_stats(t)["n_trials"] == 2
+    assert A.leaderboard(t, []).trial_id.tolist() == ["t2", "t0"]
+
+
+def test_the_winner_follows_the_studys_ranking():
+    t = table([0.9, 0.8, 0.7], [0.5, 0.6, 0.7])
+    t["val_loss_at_best"] = [0.9, 0.3, 0.5]
+    by_loss = Ranking("val_loss", "min")
+    assert A.val_test_stats(t)["winner"]["trial_id"] == "t0"
+    assert A.val_test_stats(t, ranking=by_loss)["winner"]["trial_id"] == "t1"
+    assert A.top_trials(t, 3, by_loss) == ["t1", "t2", "t0"]
+
+
+# ------------------------------------------------- bounds, edges and value order (defect 9)
+
+def test_a_choice_has_edges_not_bounds_and_a_hard_limit_has_nothing_beyond():
+    t = table([0.9, 0.5, 0.4], **{"train.batch_size": [1, 16, 1024]})
+    effect = A.param_effect(t, BATCH)
+    assert effect["on_bound"] == "low" and "widen" not in effect["warning"]
+    assert "edge of the choice [1, 16, 128, 1024], the smallest train.batch_size there is" in \
+        effect["warning"] and "bound" not in effect["warning"]
+    t["config/train.batch_size"] = [1024, 16, 1]
+    effect = A.param_effect(t, BATCH)
+    assert "upper edge of the choice" in effect["warning"] and "not tried" in effect["warning"]
+    assert "widen" not in effect["warning"]
+
+
+def test_a_range_at_a_hard_limit_is_not_asked_to_widen():
+    spec = A.ParamSpec("train.batch_size", "int", 1, 64)
+    effect = A.param_effect(table([0.9, 0.5], **{"train.batch_size": [1, 30]}), spec)
+    assert "sits on the lower search bound (1), the smallest" in effect["warning"]
+    assert "widen" not in effect["warning"]
+
+
+def test_per_value_tables_list_numbers_in_numeric_order():
+    t = table([0.5, 0.9, 0.7, 0.6], **{"train.batch_size": [1, 128, 16, 1024]})
+    assert A.group_table(t, "train.batch_size").value.tolist() == [1, 16, 128, 1024]

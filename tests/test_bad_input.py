@@ -53,6 +53,18 @@ CASES = {
                                   "a trial asks for cpu 1 and gpu 1 but this machine has"),
     "object_storage": ("", "", ["--storage-path", "s3://bucket/runs"],
                        "object storage is not supported for results yet"),
+    "misspelled_searched_key": ("  train.lr: {loguniform: [1.0e-4, 1.0]}",
+                                "  train.lrr: {loguniform: [1.0e-4, 1.0]}", [],
+                                "(from space.train.lrr = 0.0001): train has unknown key(s) "
+                                "['lrr']"),
+    "bad_optimizer_in_a_choice": ("  train.lr: {loguniform: [1.0e-4, 1.0]}",
+                                  "  train.lr: {loguniform: [1.0e-4, 1.0]}\n"
+                                  "  train.optimizer: {choice: [sgd, adamx]}", [],
+                                  "train.optimizer is 'adamx': use one of"),
+    "negative_searched_lr": ("{loguniform: [1.0e-4, 1.0]}", "{uniform: [-1, 0.1]}", [],
+                             "train.lr must be > 0, got -1.0"),
+    "cpus_per_trial_nan": ("", "", ["--cpus-per-trial", "nan"],
+                           "resources.cpu must be a finite number, got nan"),
     "python_object_tag": ("description: bad-input base",
                           "description: !!python/object/apply:os.system ['touch {marker}']",
                           [], "invalid YAML"),

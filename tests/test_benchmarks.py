@@ -10,8 +10,9 @@ import math
 
 import pytest
 
-CASES = ("overhead", "data_path", "search_efficiency", "scaling")
-HEADINGS = ("## 1. Overhead", "## 2. Data path", "## 3. Search efficiency", "## 4. Scaling")
+CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot")
+HEADINGS = ("## 1. Overhead", "## 2. Data path", "## 3. Search efficiency", "## 4. Scaling",
+            "## 5. Snapshots")
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,14 @@ def test_figures_are_sane(quick_bench):
     scaling = cases["scaling"]["concurrency"]
     assert set(scaling) == {"1", "2"}
     assert all(c["trials_per_min"]["median"] > 0 for c in scaling.values())
+    snap = cases["snapshot"]["variants"]
+    assert set(snap) == {"tune_hw", "tune_checkpoints"}
+    n = cases["snapshot"]["n_trials"]
+    assert all(v["trials"]["median"] == n for v in snap.values())
+    # tune_hw gives Tune no checkpoints to delete, so Tune forces no snapshot but its final
+    # one; per-epoch checkpoints with num_to_keep=2 force them while trials run
+    assert snap["tune_hw"]["forced"]["median"] <= 1
+    assert snap["tune_checkpoints"]["forced"]["median"] > snap["tune_hw"]["forced"]["median"]
 
 
 def test_split_overhead_separates_per_search_and_per_trial():

@@ -1,44 +1,40 @@
-"""`weights: run:<study>/<run>`: the best checkpoint of an earlier run, and clear errors."""
+"""`weights: run:<study>/<run>`: the best saved state of an earlier run, and clear errors."""
 
 from __future__ import annotations
 
-import json
+import math
 import subprocess
 
 import pandas as pd
 import pytest
 import torch
 
-from tune_hw import checkpoints, models, search
+from tune_hw import checkpoints, models, results, search
 from tune_hw.errors import UserError
 
 
-def fake_run(run_dir, trials, reports, state=None):
-    """A run directory shaped like Tune's: trials.parquet, trial_<id>/result.json, checkpoints.
-
-    `reports`: trial id -> list of (epoch, val_acc, checkpoint kept on disk?).
-    """
+def fake_run(run_dir, trials, best_states, study=None):
+    """A run directory as tune_hw writes it: trials.parquet, study.yaml and, per trial that
+    reached a healthy epoch, trial_<id>/best.pt (`best_states`: trial id -> saved state)."""
     run_dir.mkdir(parents=True)
     pd.DataFrame(trials).to_parquet(run_dir / "trials.parquet")
-    for trial_id, rows in reports.items():
-        trial_dir = run_dir / f"trial_{trial_id}"
-        trial_dir.mkdir()
-        lines = []
-        for index, (epoch, val_acc, kept) in enumerate(rows):
-            name = f"checkpoint_{index:06d}"
-            lines.append(json.dumps({"epoch": epoch, "val_acc": val_acc,
-                                     "checkpoint_dir_name": name}))
-            if kept:
-                (trial_dir / name).mkdir()
-                torch.save(state or {"model": {"w": torch.full((1,), float(epoch))},
-                                     "epoch": epoch}, trial_dir / name / "state.pt")
-        (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
+    if study is not None:
+        results.write_study(run_dir, study)
+    for trial_id, state in best_states.items():
+        (run_dir / f"trial_{trial_id}").mkdir()
+        torch.save(state, run_dir / f"trial_{trial_id}" / "best.pt")
     return run_dir
 
 
+def weights(value):
+    return {"model": {"w": torch.full((1,), float(value))}, "epoch": 1}
+
+
+# c diverged in its first epoch (no healthy epoch: no score), d is a tree baseline
 TRIALS = {"trial_id": ["a", "b", "c", "d"],
           "status": ["completed", "completed", "diverged", "completed"],
-          "best_val_acc": [0.8, 0.9, 0.95, 0.99],
+          "best_val_acc": [0.8, 0.9, math.nan, 0.99],
+          "val_loss_at_best": [0.5, 0.7, math.nan, 0.1],
           "config/model.name": ["resnet18", "resnet18", "resnet18", "hist_gradient_boosting"]}
 
 
@@ -49,23 +45,20 @@ def storage(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_best_trial_then_its_best_kept_checkpoint(storage):
-    # b is best (c diverged, d is a tree baseline without weights); its best epoch 2 is kept,
-    # epoch 1 was deleted by Tune's num_to_keep
-    fake_run(storage / "pretrain" / "r1", TRIALS, {
-        "a": [(1, 0.8, True)],
-        "b": [(1, 0.5, False), (2, 0.9, True), (3, 0.7, True)],
-    })
+def test_best_trial_then_its_best_state(storage):
+    # b is best by val_acc (c has no healthy epoch, d is a tree baseline without weights)
+    fake_run(storage / "pretrain" / "r1", TRIALS, {t: weights(i) for i, t in enumerate("abd")})
     path = checkpoints.best_run_checkpoint("pretrain/r1")
-    assert path == storage / "pretrain" / "r1" / "trial_b" / "checkpoint_000001" / "state.pt"
+    assert path == storage / "pretrain" / "r1" / "trial_b" / "best.pt"
     assert checkpoints.best_run_checkpoint(str(storage / "pretrain" / "r1")) == path
 
 
-def test_ties_go_to_the_earliest_epoch(storage):
-    fake_run(storage / "s" / "r", {"trial_id": ["a"], "status": ["completed"],
-                                   "best_val_acc": [0.9]},
-             {"a": [(1, 0.9, True), (2, 0.9, True)]})
-    assert checkpoints.best_run_checkpoint("s/r").parent.name == "checkpoint_000000"
+def test_the_best_trial_follows_the_runs_own_metric(storage):
+    # ranked by val_loss (min), a is best although b has the higher accuracy
+    study = {"name": "pretrain", "search": {"metric": "val_loss", "mode": "min"}}
+    fake_run(storage / "pretrain" / "r2", TRIALS, {t: weights(i) for i, t in enumerate("abd")},
+             study)
+    assert checkpoints.best_run_checkpoint("pretrain/r2").parent.name == "trial_a"
 
 
 def test_storage_root_defaults_to_runs_of_the_launch_directory(monkeypatch, tmp_path):
@@ -85,11 +78,13 @@ def test_bad_references_are_one_clear_error(storage, ref, message):
         checkpoints.best_run_checkpoint(ref)
 
 
-def test_a_run_without_checkpoints_or_usable_trials_is_an_error(storage):
-    fake_run(storage / "s" / "empty", TRIALS, {"b": [(1, 0.9, False)]})
-    with pytest.raises(UserError, match="has no checkpoint"):
+def test_a_run_without_states_or_usable_trials_is_an_error(storage):
+    fake_run(storage / "s" / "empty", TRIALS, {})
+    with pytest.raises(UserError, match="saved no best.pt"):
         checkpoints.best_run_checkpoint("s/empty")
-    fake_run(storage / "s" / "bad", {**TRIALS, "status": ["diverged"] * 3 + ["completed"]}, {})
+    no_healthy = {**TRIALS, "best_val_acc": [math.nan] * 3 + [0.9]}
+    fake_run(storage / "s" / "bad", {**no_healthy, "status": ["diverged"] * 3 + ["completed"]},
+             {})
     with pytest.raises(UserError, match="no neural trial"):
         checkpoints.best_run_checkpoint("s/bad")
 
@@ -101,7 +96,7 @@ def test_a_missing_run_of_a_known_study_is_created_first(storage, monkeypatch):
         calls.append(command)
         study, name = command[3], command[5]
         fake_run(storage / study / name, {"trial_id": ["a"], "status": ["completed"],
-                                          "best_val_acc": [0.5]}, {"a": [(1, 0.5, True)]})
+                                          "best_val_acc": [0.5]}, {"a": weights(1)})
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(checkpoints.subprocess, "run", fake_search)
@@ -127,7 +122,7 @@ def test_finetune_loads_the_run_checkpoint_backbone(storage):
     source = models.build("resnet18", (1, 8, 8), 5)
     fake_run(storage / "pretrain" / "r1", {"trial_id": ["a"], "status": ["completed"],
                                            "best_val_acc": [0.9]},
-             {"a": [(1, 0.9, True)]}, state={"model": source.state_dict(), "epoch": 1})
+             {"a": {"model": source.state_dict(), "epoch": 1}})
     net = models.build("resnet18", (1, 8, 8), 5, mode="finetune", weights="run:pretrain/r1")
     assert torch.equal(net.conv1.weight, source.conv1.weight)
     assert torch.equal(net.layer4[1].bn2.running_var, source.layer4[1].bn2.running_var)
@@ -136,8 +131,7 @@ def test_finetune_loads_the_run_checkpoint_backbone(storage):
 
 def test_a_tree_checkpoint_has_no_weights_to_load(storage):
     fake_run(storage / "s" / "trees", {"trial_id": ["a"], "status": ["completed"],
-                                       "best_val_acc": [0.9]},
-             {"a": [(1, 0.9, True)]}, state={"epoch": 1})
+                                       "best_val_acc": [0.9]}, {"a": {"epoch": 1}})
     with pytest.raises(UserError, match="holds no model tensors"):
         models.build("resnet18", (1, 8, 8), 5, mode="finetune", weights="run:s/trees")
 

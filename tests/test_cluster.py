@@ -325,3 +325,21 @@ def test_job_api_run_succeeds_and_the_dashboard_lists_it(cluster, tmp_path):
     with pytest.raises(urllib.error.HTTPError) as denied:
         cluster.get("/api/jobs/", token="not-the-token")
     assert denied.value.code in (401, 403)  # token authentication is on
+
+
+def test_relative_run_weights_resolve_on_every_node(cluster, tmp_path):
+    # Nobody sets TUNE_HW_STORAGE: the driver passes its storage root to the trial workers
+    # (the nodes were started without it) through the job's runtime_env.
+    env = {**cluster.env, "TUNE_HW_SHARED_STORAGE": "1"}
+    env.pop("TUNE_HW_STORAGE", None)
+    # not ./runs of the launch directory, where a worker without the root would look
+    common = ["--address", cluster.address, "--storage-path", str(tmp_path / "shared")]
+    source = run_cli("tune_hw.search", "pretrain", "--quick", "--name", "quick", *common,
+                     env=env, cwd=tmp_path)
+    assert source.returncode == 0, source.stderr[-3000:]
+    proc = run_cli("tune_hw.search", "transfer", "--quick", "--name", "t", *common, env=env,
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "shared" / "transfer" / "t" / "trials.parquet")
+    assert len(trials) == 4 and set(trials.status) == {"completed"}, trials.error.tolist()
+    assert set(trials["config/model.weights"].dropna()) == {"run:pretrain/quick"}

@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,15 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO
+from test_reliability import (  # noqa: F401 (ray_tmp is a fixture)
+    LONG_EPOCHS,
+    SLOW_TRIALS,
+    last_rows,
+    ray_tmp,
+    reported_epochs,
+    start_search,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -82,3 +92,25 @@ def test_cli_run_with_a_fractional_gpu_records_it(cli, ray_env, tmp_path):
     trials = pd.read_parquet(Path(tmp_path, "lr_batch", "g", "trials.parquet"))
     assert trials.gpu_ids.str.fullmatch(r"\d+").all()  # each trial: one GPU id, shared
     assert trials.node_id.notna().all() and set(trials.status) <= {"completed", "early_stopped"}
+
+
+def test_a_gpu_trial_whose_worker_dies_continues_on_the_gpu(tmp_path, ray_tmp, ray_env):  # noqa: F811
+    """The retry restores the saved state on the CPU first: the batch-order generator only
+    takes a CPU state, and loading it onto CUDA made every GPU retry and --resume fail."""
+    args = ["lr_batch", *SLOW_TRIALS, "--set", "space.train.batch_size={grid: [8]}",
+            "--set", f"train.epochs={LONG_EPOCHS}", "--set", "search.num_samples=1",
+            "--gpus-per-trial", "1",
+            "--max-failures", "2", "--storage-path", str(tmp_path), "--name", "g1"]
+    run_dir = tmp_path / "lr_batch" / "g1"
+    proc = start_search(args, ray_tmp, **{k: v for k, v in ray_env.items() if k != "RAY_TMPDIR"})
+    row = wait_for(lambda: next((r for r in last_rows(run_dir).values()
+                                 if 2 <= r["epoch"] < LONG_EPOCHS), None), 240, "epoch 2", proc)
+    os.kill(row["pid"], signal.SIGKILL)  # the trial's worker, mid-training on the GPU
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert trials.status.tolist() == ["completed"]
+    assert trials.final_epoch.tolist() == [LONG_EPOCHS]
+    assert trials.gpu_ids.tolist() == ["0"]
+    seen = next(iter(reported_epochs(run_dir).values()))
+    assert seen.count(1) == 1 and seen[-1] == LONG_EPOCHS  # continued, not from epoch 1

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_cli
 
+LONG_EPOCHS = 20  # trials a test catches mid-run through Ray's (lagging) copy of result.json
 SLOW_TRIALS = [  # trials long enough (about a second an epoch) to be interrupted mid-way
     "--quick", "--set", "dataset.n_train=12000", "--set", "space.train.batch_size={grid: [16]}",
     "--set", "space.train.lr={loguniform: [0.001, 0.01]}", "--set", "search.algorithm=random",
@@ -139,19 +140,23 @@ def test_resume_errors_are_one_line(tmp_path, cli):
 
 
 def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, ray_tmp):
+    # Long enough to be caught mid-run: Ray copies result.json to the storage path on its
+    # snapshot schedule (about every 10 s), so what this test reads lags the trial
     args = ["lr_batch", *SLOW_TRIALS, "--set", "search.num_samples=1", "--max-failures", "2",
-            "--storage-path", str(tmp_path), "--name", "w1"]
+            "--set", f"train.epochs={LONG_EPOCHS}", "--storage-path", str(tmp_path),
+            "--name", "w1"]
     run_dir = tmp_path / "lr_batch" / "w1"
     proc = start_search(args, ray_tmp)
-    row = wait_for(lambda: next((r for r in last_rows(run_dir).values() if r["epoch"] >= 3),
-                                None), 240, "epoch 3", proc)
+    row = wait_for(lambda: next((r for r in last_rows(run_dir).values()
+                                 if 3 <= r["epoch"] < LONG_EPOCHS), None), 240, "epoch 3", proc)
     os.kill(row["pid"], signal.SIGKILL)  # the trial's worker process, mid-training
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]
     trials = pd.read_parquet(run_dir / "trials.parquet")
-    assert trials.status.tolist() == ["completed"] and trials.final_epoch.tolist() == [6]
+    assert trials.status.tolist() == ["completed"]
+    assert trials.final_epoch.tolist() == [LONG_EPOCHS]
     seen = next(iter(reported_epochs(run_dir).values()))
-    assert seen.count(1) == 1 and seen[-1] == 6
+    assert seen.count(1) == 1 and seen[-1] == LONG_EPOCHS
     restart = next(i for i in range(1, len(seen)) if seen[i] <= seen[i - 1]) \
         if seen != sorted(set(seen)) else None
     # either the kill landed between epochs (no repeat) or the retry began at the epoch after
@@ -216,13 +221,15 @@ def test_losing_a_worker_node_costs_only_the_epochs_since_its_checkpoint(tmp_pat
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     try:
         args = ["lr_batch", *SLOW_TRIALS, "--set", "search.num_samples=2",
-                "--set", "train.epochs=8", "--max-failures", "3", "--address", cluster.address,
+                "--set", f"train.epochs={LONG_EPOCHS}", "--max-failures", "3",
+                "--address", cluster.address,
                 "--storage-path", str(tmp_path), "--name", "n1"]
         run_dir = tmp_path / "lr_batch" / "n1"
         # one machine, so the storage path really is shared between the test's nodes
         proc = start_search(args, ray_tmp, TUNE_HW_SHARED_STORAGE="1")
         row = wait_for(lambda: next((r for r in last_rows(run_dir).values()
-                                     if 3 <= r["epoch"] < 8), None), 240, "epoch 3", proc)
+                                     if 3 <= r["epoch"] < LONG_EPOCHS), None), 240, "epoch 3",
+                       proc)
         victim = next(node for node in workers if node.node_id == row["node_id"])
         survivor = next(node for node in workers if node is not victim)
         cluster.remove_node(victim, allow_graceful=False)
@@ -232,9 +239,58 @@ def test_losing_a_worker_node_costs_only_the_epochs_since_its_checkpoint(tmp_pat
     assert proc.returncode == 0, err[-3000:]
     trials = pd.read_parquet(run_dir / "trials.parquet").set_index("trial_id")
     assert trials.status.tolist() == ["completed", "completed"]
-    assert (trials.final_epoch == 8).all()
+    assert (trials.final_epoch == LONG_EPOCHS).all()
     lost = row["trial_id"]
     assert trials.loc[lost, "node_id"] == survivor.node_id  # it finished on the other node
     seen = reported_epochs(run_dir)[lost]
-    assert seen.count(1) == 1 and seen[-1] == 8  # continued from a checkpoint, not from 1
-    assert len(seen) - 8 <= 2  # at most the epochs since the last checkpoint were redone
+    assert seen.count(1) == 1 and seen[-1] == LONG_EPOCHS  # continued, not from epoch 1
+    assert len(seen) - LONG_EPOCHS <= 2  # at most the epochs since the last save were redone
+
+
+def failing_tune_trainable(config, run_dir, ranking):
+    raise RuntimeError(f"out of memory at lr={config['train.lr']:.3g}")
+
+
+def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ray_tmp,
+                                                                    monkeypatch, capsys):
+    import ray
+    from ray import cloudpickle
+
+    from tune_hw import search, trainable
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(trainable, "tune_trainable", failing_tune_trainable)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
+    try:
+        code = search.main(["lr_batch", "--quick", "--num-samples", "2", "--max-failures", "0",
+                            "--storage-path", str(tmp_path), "--name", "all_failed"])
+    finally:
+        ray.shutdown()
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1, errors
+    assert errors[0].startswith("error: no trial produced a result: 2 of 2 trials failed; "
+                                "the first error: RuntimeError: out of memory at lr=")
+    assert pd.read_parquet(tmp_path / "lr_batch" / "all_failed" / "trials.parquet").status \
+        .tolist() == ["error", "error"]
+
+
+def test_a_configuration_error_inside_a_trial_is_not_retried(tmp_path, ray_tmp):
+    import ray
+
+    from tune_hw import search, spaces
+    study = spaces.load_study("lr_batch", quick=True, overrides={
+        "search.num_samples": 2, "failure.max_failures": 2})
+    study.train["optimizer"] = "adamx"  # what validation refuses, met inside the trials
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
+    try:
+        search.build_tuner(study, tmp_path, "config_error").fit()
+        run_dir = tmp_path / "lr_batch" / "config_error"
+        code = search.write_results(run_dir, study.resolved(), study)
+    finally:
+        ray.shutdown()
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    assert code == 1 and trials.status.tolist() == ["error", "error"]
+    assert all(e.startswith("UserError: unknown optimizer 'adamx'") for e in trials.error)
+    for path in run_dir.glob("trial_*/result.json"):  # one attempt each, not 1 + 2 retries
+        assert len(path.read_text().splitlines()) == 1
+    assert not list(run_dir.glob("trial_*/error.txt"))

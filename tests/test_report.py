@@ -380,3 +380,66 @@ def test_transfer_study_compares_modes(tmp_path):
     for mode, row in table.items():
         assert row["best_val_acc"] == pytest.approx(t.best_val_acc[mode])
         assert row["test_acc_of_best"] == pytest.approx(t.test_acc_at_best[mode])
+
+
+# ----------------------------- ranked by val_loss, one trial diverging in its first epoch
+
+@pytest.fixture(scope="module")
+def loss_ranked_run(tmp_path_factory):
+    """A quick lr_batch grid ranked by val_loss (min) whose lr 1000 trial diverges at once."""
+    from conftest import run_cli
+    storage = tmp_path_factory.mktemp("ranked")
+    proc = run_cli("tune_hw.search", "lr_batch", "--quick", "--storage-path", str(storage),
+                   "--name", "r1", "--set", "search.algorithm=grid", "--num-samples", "1",
+                   "--set", "search.metric=val_loss", "--set", "search.mode=min",
+                   "--set", "scheduler.name=fifo", "--set", "train.epochs=4",
+                   "--set", "space.train.lr={grid: [1000.0, 0.01, 0.1, 0.3]}",
+                   "--set", "space.train.batch_size={grid: [64]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return storage / "lr_batch" / "r1", proc
+
+
+def test_best_epoch_is_the_lowest_validation_loss_when_the_study_says_so(loss_ranked_run):
+    run_dir, proc = loss_ranked_run
+    trials = pd.read_parquet(run_dir / "trials.parquet").set_index("trial_id")
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    healthy = epochs[~epochs.diverged]
+    by_loss = healthy.loc[healthy.groupby("trial_id").val_loss.idxmin()].set_index("trial_id")
+    by_acc = healthy.loc[healthy.groupby("trial_id").val_acc.idxmax()].set_index("trial_id")
+    assert (trials.loc[by_loss.index, "best_epoch"] == by_loss.epoch).all()
+    assert (trials.loc[by_loss.index, "val_loss_at_best"] == by_loss.val_loss).all()
+    assert (by_acc.epoch != by_loss.epoch).any()  # the two rankings disagree somewhere here
+    in_order = pd.read_parquet(run_dir / "trials.parquet")  # ties go to the earlier row
+    best = in_order.trial_id[in_order.val_loss_at_best.idxmin()]
+    assert f"best trial {best} (by validation)" in proc.stdout  # the printed best agrees
+    assert "(ranked by val_loss, min)" in proc.stdout
+
+
+def test_a_trial_diverging_in_epoch_1_is_counted_apart_and_left_out(loss_ranked_run, tmp_path):
+    run_dir, _ = loss_ranked_run
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    diverged = trials[trials["config/train.lr"] == 1000.0].iloc[0]
+    assert diverged.status == "diverged" and math.isnan(diverged.best_epoch)
+    assert math.isnan(diverged.best_val_acc) and math.isnan(diverged.test_acc_at_best)
+    s = make_report(run_dir, tmp_path / "out")
+    assert s["status_counts"]["diverged"] == 1 and s["left_out"] == {"diverged": 1}
+    vt, kept = s["val_vs_test"], trials[trials.trial_id != diverged.trial_id]
+    assert vt["n_trials"] == len(kept) == 3
+    if kept.best_val_acc.nunique() > 1 and kept.test_acc_at_best.nunique() > 1:
+        assert vt["spearman"] == pytest.approx(
+            stats.spearmanr(kept.best_val_acc, kept.test_acc_at_best).statistic)
+    assert diverged.trial_id not in {row["trial_id"] for row in s["leaderboard"]}
+    ranked = kept.sort_values(["val_loss_at_best", "best_val_acc"], ascending=[True, False])
+    assert [row["trial_id"] for row in s["leaderboard"]] == ranked.trial_id.tolist()
+    assert "1 without a healthy epoch (1 diverged) are left out" in (
+        tmp_path / "out" / "report.md").read_text()
+
+
+def test_each_table_column_has_one_number_format():
+    table = pd.DataFrame({"median_best_epoch": [1.0, 2.0, 3.0], "val_acc": [1.0, 0.5, 0.25],
+                          "lr": [1e-5, 0.3, 0.01], "value": [1, 16, 1024],
+                          "label": ["a", None, "c"]})
+    rows = [line.strip("| ").split(" | ") for line in report._md_table(table).splitlines()[2:]]
+    assert rows == [["1", "1.000", "1e-05", "1", "a"],
+                    ["2", "0.500", "0.3", "16", "–"],
+                    ["3", "0.250", "0.01", "1024", "c"]]

@@ -91,3 +91,74 @@ def test_nan_val_epochs_never_win():
     rec.rows[1]["val_acc"] = math.nan
     trials, _, _ = results.build_tables([rec])
     assert trials.best_epoch.iloc[0] == 1
+
+
+# ------------------------------------------------------------------ the ranking (defect 5)
+
+def test_best_epoch_follows_the_studys_metric_and_mode():
+    rec = record("a", [0.5, 0.7, 0.6])
+    for row, loss in zip(rec.rows, [0.9, 0.8, 0.4], strict=True):
+        row["val_loss"] = loss  # lowest loss at epoch 3, highest accuracy at epoch 2
+    by_acc, _, _ = results.build_tables([rec])
+    by_loss, _, _ = results.build_tables([rec], results.Ranking("val_loss", "min"))
+    assert (by_acc.best_epoch.iloc[0], by_loss.best_epoch.iloc[0]) == (2, 3)
+    assert by_loss.val_loss_at_best.iloc[0] == 0.4 and by_loss.best_val_acc.iloc[0] == 0.6
+
+
+def test_write_run_ranks_by_the_resolved_studys_search(tmp_path):
+    rec = record("a", [0.5, 0.7, 0.6])
+    for row, loss in zip(rec.rows, [0.9, 0.8, 0.4], strict=True):
+        row["val_loss"] = loss
+    study = {"name": "s", "search": {"metric": "val_loss", "mode": "min"}}
+    assert results.write_run(tmp_path, [rec], study).trials.best_epoch.iloc[0] == 3
+
+
+def test_one_tie_break_for_epochs_and_trials():
+    ranking = results.Ranking()
+    rows = [{"epoch": 1, "val_acc": 0.7, "val_loss": 0.9},
+            {"epoch": 2, "val_acc": 0.7, "val_loss": 0.8},  # same accuracy, lower loss: wins
+            {"epoch": 3, "val_acc": 0.7, "val_loss": 0.8}]  # a full tie: the earlier stays
+    assert ranking.best_epoch(rows)["epoch"] == 2
+    trials = pd.DataFrame({"trial_id": list("abcde"),
+                           "best_val_acc": [0.7, 0.7, math.nan, 0.6, 0.7],
+                           "val_loss_at_best": [0.9, 0.8, math.nan, 0.8, 0.8]})
+    # ties on accuracy go to the lower loss, then to the earlier row; c has no score
+    assert ranking.ranked(trials).trial_id.tolist() == ["b", "e", "a", "d"]
+    by_loss = results.Ranking("val_loss", "min")  # ties on loss go to the higher accuracy
+    assert by_loss.ranked(trials).trial_id.tolist() == ["b", "e", "d", "a"]
+
+
+# --------------------------------------------------------------- divergence (defect 2)
+
+def test_a_trial_diverging_in_its_first_epoch_has_no_best_metrics():
+    trials, epochs, _ = results.build_tables([record("a", [0.3], diverged_last=True),
+                                              record("b", [0.3, 0.2], diverged_last=True)])
+    a, b = trials.set_index("trial_id").loc["a"], trials.set_index("trial_id").loc["b"]
+    assert a.status == "diverged" and math.isnan(a.best_epoch)
+    assert all(math.isnan(a[c]) for c in ("best_val_acc", "val_loss_at_best",
+                                          "train_acc_at_best", "test_acc_at_best"))
+    assert b.best_epoch == 1 and b.best_val_acc == 0.3  # its healthy epoch, not the sentinel
+    assert epochs.diverged.tolist() == [True, False, True] and epochs.diverged.dtype == bool
+    sentinel = epochs[epochs.diverged]
+    assert sentinel[["val_acc", "val_loss", "train_acc", "test_acc"]].isna().all().all()
+    assert math.isnan(b.final_val_acc)  # its last epoch measured nothing
+
+
+def test_a_diverged_epoch_never_wins_whatever_it_reported():
+    rec = record("a", [0.3, 0.2])
+    rec.rows[1].update(diverged=True, val_acc=0.99, val_loss=0.0)  # not a sentinel value
+    trials, _, _ = results.build_tables([rec])
+    assert trials.best_epoch.iloc[0] == 1
+
+
+# ---------------------------------------------------------- split sizes (defect 6)
+
+def test_each_trial_records_its_own_split_sizes():
+    small, large = record("a", [0.5]), record("b", [0.6])
+    for rec, n in ((small, 100), (large, 900)):
+        for row in rec.rows:
+            row.update(train_size=n, val_size=n // 10, test_size=n // 5)
+    large.rows.append({"error": "UserError: later"})  # a last row without sizes
+    trials, _, _ = results.build_tables([small, large])
+    assert trials[["train_size", "val_size", "test_size"]].values.tolist() == [
+        [100, 10, 20], [900, 90, 180]]

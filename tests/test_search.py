@@ -67,3 +67,55 @@ def test_malformed_study_file_is_one_line(cli, tmp_path):
     proc = cli("tune_hw.search", str(path))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"error: {path}: invalid YAML" in proc.stderr
+
+
+def test_shared_storage_is_recognised_by_path_not_by_prefix(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tune_hw import search
+
+    monkeypatch.delenv("TUNE_HW_SHARED_STORAGE", raising=False)
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n"
+                      "server:/export /mnt/nfs nfs4 rw 0 0\n"
+                      "server:/other /mnt/my\\040share nfs rw 0 0\n")
+    assert search._is_network_fs(Path("/mnt/nfs/runs"), mounts)
+    assert search._is_network_fs(Path("/mnt/nfs"), mounts)
+    assert not search._is_network_fs(Path("/mnt/nfs2/runs"), mounts)  # not under /mnt/nfs
+    assert search._is_network_fs(Path("/mnt/my share/runs"), mounts)  # \040 is a space
+
+
+def test_preflight_releases_every_dataset_it_checked(monkeypatch):
+    import gc
+    import weakref
+
+    from tune_hw import data, search, spaces
+
+    loaded, real_load = [], data.load
+
+    def recording_load(name, **options):
+        splits = real_load(name, **options)
+        loaded.append(weakref.ref(splits.train.x))
+        return splits
+
+    monkeypatch.setattr(data, "load", recording_load)
+    study = spaces.load_study("lr_batch", quick=True, overrides={
+        "space.dataset.n_train": {"choice": [1500, 2000]}})
+    sizes = search.preflight(study)
+    gc.collect()
+    assert len(loaded) == 2 and all(ref() is None for ref in loaded)  # nothing kept
+    assert sizes is None  # the variants' sizes differ: each trial records its own
+
+
+def test_worker_runtime_env_carries_the_storage_root(monkeypatch):
+    import json
+
+    from tune_hw import search
+
+    monkeypatch.setenv("TUNE_HW_STORAGE", "/shared/runs")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert search.worker_runtime_env() == {"env_vars": {"TUNE_HW_STORAGE": "/shared/runs"}}
+    # inside `ray job submit --runtime-env-json` that sets it, the job's own value stands
+    job = {"runtime_env": {"env_vars": {"TUNE_HW_STORAGE": "/shared/runs"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert search.worker_runtime_env() == {}

@@ -122,3 +122,66 @@ def test_dataset_options_are_checked_for_every_loader(tmp_path, dataset, message
     with pytest.raises(StudyError) as caught:
         spaces.load_study(str(path))
     assert str(path) in str(caught.value) and message in str(caught.value)
+
+
+# Searched values obey the rules of fixed values: every choice/grid value and both bounds of a
+# range pass the same check as a fixed key, before anything runs.
+SEARCHED_BAD = [  # (space entries added to GOOD's, message fragments)
+    ("train.lrr: {loguniform: [1.0e-4, 1.0e-1]}", ["space.train.lrr", "unknown key(s) ['lrr']"]),
+    ("train.optimizer: {choice: [sgd, adamx]}",
+     ["space.train.optimizer = 'adamx'", "train.optimizer is 'adamx': use one of"]),
+    ("train.lr: {uniform: [-1, 0.1]}", ["space.train.lr = -1.0", "train.lr must be > 0"]),
+    ("train.batch_size: {choice: [0, 16]}", ["space.train.batch_size = 0",
+                                            "train.batch_size must be >= 1, got 0"]),
+    ("train.epochs: {choice: [0, 2]}", ["train.epochs must be >= 1, got 0"]),
+    ("train.batch_size: {uniform: [1, 64]}", ["train.batch_size must be int, got 1.0",
+                                             "a searched int key takes int:"]),
+    ("train.momentum: {grid: [0.9, -0.5]}", ["train.momentum must be >= 0, got -0.5"]),
+    ("train: {choice: [{optimizer: sgd}, {optimizer: lion}]}",
+     ["space.train = {'optimizer': 'lion'}", "train.optimizer is 'lion'"]),
+    ("model.width: {choice: [16, 32.5]}", ["model.width must be int, got 32.5"]),
+    ("dataset.n_train: {uniform: [100.0, 400.0]}", ["dataset.n_train must be int, got 100.0"]),
+]
+
+
+@pytest.mark.parametrize("entry, messages", SEARCHED_BAD)
+def test_searched_values_obey_the_rules_of_fixed_values(tmp_path, entry, messages):
+    text = GOOD.replace("  train.batch_size: {choice: [8, 32]}\n",
+                        f"  train.batch_size: {{choice: [8, 32]}}\n  {entry}\n")
+    if entry.startswith("train:"):  # a whole searched section: no dotted train keys beside it
+        text = text.replace("  train.lr: {loguniform: [1.0e-4, 1.0]}\n", "").replace(
+            "  train.batch_size: {choice: [8, 32]}\n", "")
+    if "{choice: [{" in entry or "{grid:" in entry:
+        text = text.replace("{algorithm: optuna, num_samples: 4}",
+                            "{algorithm: random, num_samples: 4}")
+    path = write(tmp_path, text)
+    with pytest.raises(StudyError) as info:
+        spaces.load_study(str(path))
+    assert str(path) in str(info.value)
+    for message in messages:
+        assert message in str(info.value)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("batch_size: 32}", "batch_size: 32.0}", "train.batch_size must be int, got 32.0"),
+    ("lr: 0.01,", "lr: .nan,", "train.lr must be a finite number, got nan"),
+    ("width: 16,", "width: 16.0,", "model.width must be int, got 16.0"),
+])
+def test_fixed_values_must_have_their_type_and_be_finite(tmp_path, old, new, message):
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(StudyError, match=None) as info:
+        spaces.load_study(str(path))
+    assert message in str(info.value)
+
+
+def test_cpus_per_trial_nan_is_refused():
+    with pytest.raises(StudyError, match="resources.cpu must be a finite number, got nan"):
+        spaces.load_study("lr_batch", overrides={"resources.cpu": float("nan")})
+
+
+def test_ranges_are_checked_at_both_bounds(tmp_path):
+    text = GOOD.replace("{loguniform: [1.0e-4, 1.0]}", "{int: [1, 64]}").replace(
+        "  train.lr:", "  train.epochs:")
+    study = spaces.load_study(str(write(tmp_path, text)))
+    epochs = sorted({v["epochs"] for v in spaces.section_variants(study, "train")})
+    assert epochs == [1, 64] and all(isinstance(e, int) for e in epochs)

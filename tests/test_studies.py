@@ -24,8 +24,7 @@ def storage(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     previous = os.environ.get("TUNE_HW_STORAGE")
     os.environ["TUNE_HW_STORAGE"] = str(root)
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             runtime_env={"env_vars": {"TUNE_HW_STORAGE": str(root)}})
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield root
     ray.shutdown()
     if previous is None:
@@ -98,8 +97,10 @@ def test_lr_extremes_records_divergence_without_retry(storage):
     gelu = by(trials, model__activation="gelu", train__lr=1.0)
     assert gelu.status == "diverged" and pd.isna(gelu.error)
     rows = run.epochs[run.epochs.trial_id == gelu.trial_id]
-    assert rows.epoch.tolist() == [1] and rows.val_acc.iloc[0] == 0.0  # stopped, not retried
-    assert math.isnan(rows.step_loss_std.iloc[0])
+    assert rows.epoch.tolist() == [1] and rows.diverged.tolist() == [True]  # not retried
+    # the epoch measured nothing (the searcher was shown sentinels; the parquet holds none)
+    assert math.isnan(rows.val_acc.iloc[0]) and math.isnan(rows.step_loss_std.iloc[0])
+    assert math.isnan(gelu.best_val_acc) and math.isnan(gelu.best_epoch)
 
 
 def test_epochs_keeps_best_and_final_metrics(storage):

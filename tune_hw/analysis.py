@@ -7,9 +7,12 @@ files, so each piece is unit-tested on small hand-made tables (tests/test_analys
 Conventions used throughout:
 - a trial is *scored* when it has a finite `best_val_acc` and `test_acc_at_best`, whatever
   its status (early-stopped, diverged-after-peaking and still-running trials were candidates
-  the search could have picked too);
-- the *validation winner* is the scored trial with the highest `best_val_acc`; ties go to the
-  lower `val_loss_at_best`, then to the earlier row of trials.parquet (Tune's creation order);
+  the search could have picked too). A trial with no healthy epoch (diverged in its first,
+  failed, pending) has none: it is left out of every statistic and counted apart
+  (`left_out`);
+- the *validation winner* and every "best" is the first scored trial by the study's ranking,
+  `results.Ranking` (its search.metric and mode, one tie-break), the same ranking the search
+  prints and `weights: run:` transfers from;
 - the *trial index* is the row order of trials.parquet.
 """
 
@@ -24,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_hw.results import STATUSES, TRIAL_SUMMARY_COLUMNS
+from tune_hw.limits import LOWER_LIMITS
+from tune_hw.results import DEFAULT_RANKING, STATUSES, TRIAL_SUMMARY_COLUMNS, Ranking
 
 # Gap labels (train − val accuracy at the best epoch), in the order they are tested:
 #   diverged  the trial's status is `diverged` (its loss went NaN/inf) or it never had a
@@ -221,13 +225,17 @@ def scored(trials: pd.DataFrame) -> pd.DataFrame:
     return t[ok].reset_index(drop=True)
 
 
-def winner_position(df: pd.DataFrame) -> int | None:
-    """Row position of the validation winner (ties: lower val loss, then earlier row)."""
-    if df.empty:
-        return None
-    loss = df.val_loss_at_best.astype(float).fillna(np.inf).to_numpy()
-    order = np.lexsort((np.arange(len(df)), loss, -df.best_val_acc.astype(float).to_numpy()))
-    return int(order[0])
+def left_out(trials: pd.DataFrame) -> dict[str, int]:
+    """Trials without scores, which no statistic includes, counted by status."""
+    t = with_schema(trials)
+    unscored = t[~(t.best_val_acc.map(_finite) & t.test_acc_at_best.map(_finite))]
+    return {str(k): int(v) for k, v in unscored.status.value_counts().items()}
+
+
+def winner_position(df: pd.DataFrame, ranking: Ranking = DEFAULT_RANKING) -> int | None:
+    """Row position of the validation winner by the study's ranking."""
+    order = ranking.order(df)
+    return order[0] if order else None
 
 
 def rank_correlations(val: np.ndarray, test: np.ndarray) -> dict[str, float]:
@@ -248,7 +256,7 @@ def rank_correlations(val: np.ndarray, test: np.ndarray) -> dict[str, float]:
             "kendall_p": float(tau_p)}
 
 
-def bootstrap_same_winner(val_acc: np.ndarray, test_acc: np.ndarray, n_val: int, n_test: int,
+def bootstrap_same_winner(val_acc: np.ndarray, test_acc: np.ndarray, n_val: Any, n_test: Any,
                           n_boot: int = N_BOOTSTRAP, seed: int = 0) -> float:
     """P(the validation winner is also the test winner) under re-drawn evaluation examples.
 
@@ -268,8 +276,11 @@ def bootstrap_same_winner(val_acc: np.ndarray, test_acc: np.ndarray, n_val: int,
     if k == 1:
         return 1.0
     rng = np.random.default_rng(seed)
-    val = rng.binomial(int(n_val), np.clip(val_acc, 0, 1), size=(n_boot, k)) / n_val
-    test = rng.binomial(int(n_test), np.clip(test_acc, 0, 1), size=(n_boot, k)) / n_test
+    # one size for all trials, or each trial's own (a searched dataset changes them)
+    n_val = np.broadcast_to(np.asarray(n_val, dtype=np.int64), (k,))
+    n_test = np.broadcast_to(np.asarray(n_test, dtype=np.int64), (k,))
+    val = rng.binomial(n_val, np.clip(val_acc, 0, 1), size=(n_boot, k)) / n_val
+    test = rng.binomial(n_test, np.clip(test_acc, 0, 1), size=(n_boot, k)) / n_test
     # jitter below one example (1/n) only reorders exact ties, and does so at random
     val_win = np.argmax(val + rng.random((n_boot, k)) * 0.5 / n_val, axis=1)
     test_win = np.argmax(test + rng.random((n_boot, k)) * 0.5 / n_test, axis=1)
@@ -277,40 +288,64 @@ def bootstrap_same_winner(val_acc: np.ndarray, test_acc: np.ndarray, n_val: int,
 
 
 def val_test_stats(trials: pd.DataFrame, n_val: int | None = None, n_test: int | None = None,
-                   n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+                   n_boot: int = N_BOOTSTRAP, seed: int = 0, ranking: Ranking = DEFAULT_RANKING
+                   ) -> dict[str, Any]:
     """Validation vs test: correlations, the winner, selection regret, optimism, bootstrap.
 
     regret = best test accuracy of any trial − test accuracy of the validation winner;
-    optimism = the winner's validation accuracy − its test accuracy. `n_val`/`n_test` are the
-    split sizes (study.yaml `data_sizes`); without them the bootstrap is skipped (None).
+    optimism = the winner's validation accuracy − its test accuracy. Each trial's own split
+    sizes (`val_size`, `test_size`) weigh its noise; `n_val`/`n_test` stand in for trials
+    that did not record them (older runs); without sizes the bootstrap is skipped (None).
     """
     df = scored(trials)
+    val_n, test_n = split_sizes(df, "val", n_val), split_sizes(df, "test", n_test)
     out: dict[str, Any] = {"n_trials": len(df), **rank_correlations(df.best_val_acc,
                                                                      df.test_acc_at_best)}
     out.update(winner=None, best_test=None, regret=math.nan, optimism=math.nan,
                winner_is_test_winner=None, p_same_winner=None, test_se=math.nan,
-               regret_within_noise=None, n_val=n_val, n_test=n_test, n_boot=n_boot, seed=seed)
-    w = winner_position(df)
+               regret_within_noise=None, n_val=_one_size(val_n), n_test=_one_size(test_n),
+               val_sizes=_distinct(val_n), test_sizes=_distinct(test_n), n_boot=n_boot,
+               seed=seed)
+    w = winner_position(df, ranking)
     if w is None:
         return out
     val, test = df.best_val_acc.astype(float), df.test_acc_at_best.astype(float)
-    best_test_pos = int(np.argmax(test.to_numpy()))
+    b = int(np.argmax(test.to_numpy()))
     out["winner"] = {"trial_id": str(df.trial_id[w]), "val_acc": float(val[w]),
                      "test_acc": float(test[w]), "test_rank": int((test > test[w]).sum()) + 1}
-    out["best_test"] = {"trial_id": str(df.trial_id[best_test_pos]),
-                        "test_acc": float(test[best_test_pos])}
+    out["best_test"] = {"trial_id": str(df.trial_id[b]), "test_acc": float(test[b])}
     out["regret"] = float(test.max() - test[w])
     out["optimism"] = float(val[w] - test[w])
     out["winner_is_test_winner"] = bool(test[w] >= test.max())
-    if n_test:
-        p = float(test.max())
-        out["test_se"] = math.sqrt(p * (1 - p) / n_test)
-        # two trials' accuracies each carry one SE; their difference about sqrt(2) of it
-        out["regret_within_noise"] = bool(out["regret"] <= 2 * math.sqrt(2) * out["test_se"])
-    if n_val and n_test and len(df) >= 2:
-        out["p_same_winner"] = bootstrap_same_winner(val.to_numpy(), test.to_numpy(), n_val,
-                                                     n_test, n_boot, seed)
+    if test_n is not None:
+        se = [math.sqrt(test[i] * (1 - test[i]) / test_n[i]) for i in (b, w)]
+        out["test_se"] = se[0]
+        # the difference of two accuracies carries both their errors
+        out["regret_within_noise"] = bool(out["regret"] <= 2 * math.hypot(*se))
+    if val_n is not None and test_n is not None and len(df) >= 2:
+        out["p_same_winner"] = bootstrap_same_winner(val.to_numpy(), test.to_numpy(), val_n,
+                                                     test_n, n_boot, seed)
     return out
+
+
+def split_sizes(df: pd.DataFrame, split: str, fallback: int | None) -> np.ndarray | None:
+    """Each trial's own size of `split` (val or test), `fallback` where a trial has none;
+    None when some trial has neither."""
+    column = f"{split}_size"
+    sizes = df[column].astype(float) if column in df else pd.Series(np.nan, index=df.index)
+    sizes = sizes.fillna(np.nan if fallback is None else float(fallback))
+    if sizes.isna().any() or (sizes <= 0).any():
+        return None
+    return sizes.to_numpy(dtype=np.int64)
+
+
+def _distinct(sizes: np.ndarray | None) -> list[int] | None:
+    return None if sizes is None else sorted({int(n) for n in sizes})
+
+
+def _one_size(sizes: np.ndarray | None) -> int | None:
+    distinct = _distinct(sizes)
+    return distinct[0] if distinct and len(distinct) == 1 else None
 
 
 def rank_strength(rho: float) -> str:
@@ -405,10 +440,15 @@ def gap_table(trials: pd.DataFrame, overfit_gap: float = OVERFIT_GAP,
 
 # ------------------------------------------------------------------------------ effects
 
-def param_effect(trials: pd.DataFrame, spec: ParamSpec) -> dict[str, Any]:
-    """The validation winner's value of `spec`, and whether it sits on a search bound."""
+def param_effect(trials: pd.DataFrame, spec: ParamSpec, ranking: Ranking = DEFAULT_RANKING
+                 ) -> dict[str, Any]:
+    """The validation winner's value of `spec`, and whether it sits on a search bound.
+
+    Only a numeric range (uniform, loguniform, int) has bounds one can widen; an ordered
+    numeric grid or choice has edges, and a hard limit (batch size 1) has nothing beyond it.
+    """
     df = scored(trials)
-    w = winner_position(df)
+    w = winner_position(df, ranking)
     out = {"key": spec.key, "kind": spec.kind, "log": spec.log, "low": spec.low,
            "high": spec.high, "values": spec.values, "best_value": None, "on_bound": None,
            "warning": None}
@@ -416,15 +456,24 @@ def param_effect(trials: pd.DataFrame, spec: ParamSpec) -> dict[str, Any]:
         return out
     best = native(df[col(spec.key)][w])
     out["best_value"] = best
-    out["on_bound"] = bound_side(spec, best)
-    if out["on_bound"]:
-        edge = {"low": "lower", "high": "upper"}[out["on_bound"]]
-        limit = spec.low if out["on_bound"] == "low" else spec.high
-        if spec.categorical:
-            limit = min(spec.values) if out["on_bound"] == "low" else max(spec.values)
-        out["warning"] = (f"The best {spec.key} ({_num(best)}) sits on the {edge} search bound "
-                          f"({_num(limit)}): the optimum may lie beyond it; widen the range.")
+    out["on_bound"] = side = bound_side(spec, best)
+    if side:
+        out["warning"] = _bound_warning(spec, best, side)
     return out
+
+
+def _bound_warning(spec: ParamSpec, best: Any, side: str) -> str:
+    edge = {"low": "lower", "high": "upper"}[side]
+    hard = side == "low" and LOWER_LIMITS.get(spec.key) == best
+    limit = f", the smallest {spec.key} there is" if hard else ""
+    if spec.categorical:
+        beyond = "" if hard else ": values beyond it were not tried"
+        return (f"The best {spec.key} ({_num(best)}) is at the {edge} edge of the {spec.kind} "
+                f"{[native(v) for v in spec.values]}{limit}{beyond}.")
+    bound = spec.low if side == "low" else spec.high
+    advice = "" if hard else ": the optimum may lie beyond it; widen the range"
+    return (f"The best {spec.key} ({_num(best)}) sits on the {edge} search bound "
+            f"({_num(bound)}){limit}{advice}.")
 
 
 def bound_side(spec: ParamSpec, value: Any) -> str | None:
@@ -454,27 +503,35 @@ def _num(x: Any) -> str:
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
-def group_table(trials: pd.DataFrame, key: str) -> pd.DataFrame:
+def group_table(trials: pd.DataFrame, key: str, ranking: Ranking = DEFAULT_RANKING) -> pd.DataFrame:
     """Per value of a hyperparameter: trials, best val, the test of that value's winner, medians.
 
     This is the comparison of a categorical factor (norm on/off, transfer mode, model).
+    Numeric values are listed in numeric order, others best first by the ranking.
     """
     df = scored(trials)
-    rows = []
+    columns = ["value", "n_trials", "best_val_acc", "test_acc_of_best", "median_val_acc",
+               "median_best_epoch", "median_wall_s"]
     if col(key) not in df:
-        return pd.DataFrame(columns=["value", "n_trials", "best_val_acc", "test_acc_of_best",
-                                     "median_val_acc", "median_best_epoch", "median_wall_s"])
+        return pd.DataFrame(columns=columns)
+    position = {t: i for i, t in enumerate(df.trial_id[ranking.order(df)])}
+    rows = []
     for value, group in df.groupby(col(key), sort=False, dropna=False):
         g = group.reset_index(drop=True)
-        w = winner_position(g)
+        w = winner_position(g, ranking)
+        if w is None:  # no trial of this value has the ranking's score
+            continue
         rows.append({"value": native(value), "n_trials": len(g),
                      "best_val_acc": float(g.best_val_acc[w]),
                      "test_acc_of_best": float(g.test_acc_at_best[w]),
                      "median_val_acc": float(g.best_val_acc.median()),
                      "median_best_epoch": float(g.best_epoch.astype(float).median()),
-                     "median_wall_s": float(g.wall_s.astype(float).median())})
-    out = pd.DataFrame(rows)
-    return out.sort_values("best_val_acc", ascending=False, kind="stable").reset_index(drop=True)
+                     "median_wall_s": float(g.wall_s.astype(float).median()),
+                     "_order": position[g.trial_id[w]]})
+    out = pd.DataFrame(rows, columns=[*columns, "_order"])
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in out.value)
+    out = out.sort_values("value" if numeric else "_order", kind="stable")
+    return out[columns].reset_index(drop=True)
 
 
 def heatmap_table(trials: pd.DataFrame, a: ParamSpec, b: ParamSpec,
@@ -522,26 +579,25 @@ def status_counts(trials: pd.DataFrame) -> dict[str, int]:
     return out
 
 
-def top_trials(trials: pd.DataFrame, k: int) -> list[str]:
-    """The `k` best trial ids by validation (same ordering as the winner)."""
+def top_trials(trials: pd.DataFrame, k: int, ranking: Ranking = DEFAULT_RANKING) -> list[str]:
+    """The `k` best trial ids by the study's ranking (the winner first)."""
     df = scored(trials)
-    loss = df.val_loss_at_best.astype(float).fillna(np.inf).to_numpy()
-    order = np.lexsort((np.arange(len(df)), loss, -df.best_val_acc.astype(float).to_numpy()))
-    return [str(df.trial_id[i]) for i in order[:k]]
+    return [str(df.trial_id[i]) for i in ranking.order(df)[:k]]
 
 
-def leaderboard(trials: pd.DataFrame, specs: list[ParamSpec], k: int = 20) -> pd.DataFrame:
+def leaderboard(trials: pd.DataFrame, specs: list[ParamSpec], k: int = 20,
+                ranking: Ranking = DEFAULT_RANKING) -> pd.DataFrame:
     """The `k` best trials by validation with their test accuracy and test rank beside them."""
     df = scored(trials)
-    ids = top_trials(trials, k)
     by_id = df.set_index("trial_id")
     test = df.test_acc_at_best.astype(float)
     rows = []
-    for rank, trial_id in enumerate(ids, 1):
+    for rank, trial_id in enumerate(top_trials(trials, k, ranking), 1):
         r = by_id.loc[trial_id]
         rows.append({"rank": rank, "trial_id": trial_id, "status": r.status,
                      **{s.key: native(r[col(s.key)]) for s in specs},
                      "best_epoch": native(r.best_epoch), "val_acc": float(r.best_val_acc),
+                     "val_loss": float(r.val_loss_at_best),
                      "test_acc": float(r.test_acc_at_best),
                      "test_rank": int((test > r.test_acc_at_best).sum()) + 1})
     return pd.DataFrame(rows)

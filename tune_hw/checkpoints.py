@@ -5,11 +5,12 @@
 
 The storage root is $TUNE_HW_STORAGE, else ./runs of the directory the search started in.
 
-The best trial is the one with the highest validation accuracy in the run's trials.parquet;
-its checkpoint is the kept one with the highest reported val_acc (Tune keeps the best and
-the latest). A missing run named `full` or `quick` of a study in search_spaces/ is created
-first by running that study (`quick` with its quick profile), so `python -m tune_hw.search
-transfer --quick` works on a clean clone; any other missing run is an error.
+The best trial is the run's best neural trial by the run's own ranking (its study's
+search.metric and mode: results.Ranking, as the search and the report rank); its weights are
+the state that trial saved at its best epoch by the same ranking (best.pt). A missing run
+named `full` or `quick` of a study in search_spaces/ is created first by running that study
+(`quick` with its quick profile), so `python -m tune_hw.search transfer --quick` works on a
+clean clone; any other missing run is an error.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 from tune_hw import layout, results
 from tune_hw.baselines import TREE_MODELS
 from tune_hw.errors import UserError
-from tune_hw.trainable import CHECKPOINT_FILE
+from tune_hw.results import BEST_STATE_FILE, TRIALS_FILE, Ranking, read_study, trial_dir_name
 
 AUTO_RUNS = {"full": [], "quick": ["--quick"]}  # missing runs created on demand, their flags
+STORAGE_ENV = "TUNE_HW_STORAGE"  # the storage root of relative references, driver and workers
 
 
 def storage_root() -> Path:
@@ -32,8 +34,8 @@ def storage_root() -> Path:
 
     Inside a trial Tune changes the working directory; TUNE_ORIG_WORKING_DIR is the original.
     """
-    if os.environ.get("TUNE_HW_STORAGE"):
-        return Path(os.environ["TUNE_HW_STORAGE"]).expanduser()
+    if os.environ.get(STORAGE_ENV):
+        return Path(os.environ[STORAGE_ENV]).expanduser()
     return Path(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd())) / "runs"
 
 
@@ -57,13 +59,17 @@ def run_directory(ref: str) -> Path:
 
 
 def best_run_checkpoint(ref: str) -> Path:
-    """The state.pt of the best checkpoint of the best trial of run `ref`."""
+    """The state of the best epoch of the best trial of run `ref` (its best.pt)."""
     run_dir = run_directory(ref)
-    if not (run_dir / "trials.parquet").is_file():
+    if not (run_dir / TRIALS_FILE).is_file():
         ensure_run(ref, run_dir)
     trial_id = best_trial(run_dir, ref)
-    trial_dir = _trial_directory(run_dir, trial_id, ref)
-    return _best_checkpoint(trial_dir, ref)
+    path = run_dir / trial_dir_name(trial_id) / BEST_STATE_FILE
+    if not path.is_file():
+        raise UserError(f"weights run:{ref}: trial {trial_id} saved no {BEST_STATE_FILE} in "
+                        f"{path.parent}; the run is incomplete or older than this tune_hw: "
+                        "rerun the source study")
+    return path
 
 
 def ensure_run(ref: str, run_dir: Path) -> None:
@@ -75,7 +81,7 @@ def ensure_run(ref: str, run_dir: Path) -> None:
     if not known or run_name not in AUTO_RUNS:
         hint = (f"create it with `python -m tune_hw.search {study} --name {run_name}`" if known
                 else "run the source study first or fix the reference")
-        raise UserError(f"weights run:{ref}: {run_dir} is not a tune_hw run (no trials.parquet); "
+        raise UserError(f"weights run:{ref}: {run_dir} is not a tune_hw run (no {TRIALS_FILE}); "
                         f"{hint}")
     if _inside_trial():  # the driver creates runs; a trial that cannot see one must not
         raise UserError(f"weights run:{ref}: {run_dir} is not visible from this worker; use "
@@ -97,35 +103,13 @@ def _inside_trial() -> bool:
 
 
 def best_trial(run_dir: Path, ref: str) -> str:
-    """The trial id with the highest best_val_acc among trials that did not diverge or fail."""
-    trials = results.read_table(run_dir / results.TRIALS_FILE,
-                                ["trial_id", "status", "best_val_acc"])
-    usable = trials[~trials["status"].isin(["diverged", "error"])].dropna(subset=["best_val_acc"])
+    """The id of the run's best neural trial by its study's ranking (a trial without a
+    healthy epoch is not ranked; a tree baseline has no weights to give)."""
+    usable = results.read_table(run_dir / TRIALS_FILE, ["trial_id", "status", "best_val_acc"])
     if "config/model.name" in usable:  # a tree baseline has no weights to transfer
         usable = usable[~usable["config/model.name"].isin(TREE_MODELS)]
-    if usable.empty:
+    ranked = Ranking.of(read_study(run_dir)).ranked(usable.reset_index(drop=True))
+    if ranked.empty:
         raise UserError(f"weights run:{ref}: no neural trial of {run_dir} finished an epoch "
                         "without diverging; rerun the source study")
-    return str(usable.sort_values("best_val_acc", ascending=False, kind="stable")
-               .iloc[0]["trial_id"])
-
-
-def _trial_directory(run_dir: Path, trial_id: str, ref: str) -> Path:
-    matches = sorted(p for p in run_dir.glob(f"*{trial_id}*") if p.is_dir())
-    if not matches:
-        raise UserError(f"weights run:{ref}: trial {trial_id} has no directory in {run_dir}; "
-                        "the run is incomplete, rerun the source study")
-    return matches[0]
-
-
-def _best_checkpoint(trial_dir: Path, ref: str) -> Path:
-    """Of the checkpoints still on disk, the one whose report had the best val_acc."""
-    kept = []
-    for row in results.read_result_rows(trial_dir):
-        name = row.get("checkpoint_dir_name")
-        if name and (trial_dir / name / CHECKPOINT_FILE).is_file():
-            kept.append((row.get("val_acc", float("-inf")), -int(row.get("epoch", 0)), name))
-    if not kept:
-        raise UserError(f"weights run:{ref}: trial {trial_dir.name} has no checkpoint with "
-                        f"{CHECKPOINT_FILE}; rerun the source study with checkpoints kept")
-    return trial_dir / max(kept)[2] / CHECKPOINT_FILE
+    return str(ranked.iloc[0]["trial_id"])

@@ -35,6 +35,7 @@ from tune_hw.results import (
     GRAD_COLUMNS,
     STUDY_FILE,
     TRIALS_FILE,
+    Ranking,
     Run,
     build_tables,
     load_run,
@@ -44,7 +45,6 @@ from tune_hw.results import (
 
 DEFAULT_OUT = Path("reports")
 MAX_BOOTSTRAP = 100_000  # 1e5 resamples of every trial's two accuracies: seconds, not GiBs
-DIVERGED_LOSS_DRAWN = 1e6  # losses above this are divergence sentinels, not drawn
 MAX_TABLE_ROWS = 40
 MAX_LEVELS = 8  # a categorical factor with more values gets no per-value learning curves
 MAX_HEATMAPS = 6
@@ -107,8 +107,9 @@ def live_run(run_dir: Path) -> Run:
     if not records:
         raise UserError(f"{run_dir} has no trial results yet (the search has only just "
                         "started): run the report again once a trial has reported")
-    trials, epochs, grads = build_tables(records)
-    return Run(run_dir, trials, epochs, grads, read_study(run_dir))
+    study = read_study(run_dir)
+    trials, epochs, grads = build_tables(records, Ranking.of(study))
+    return Run(run_dir, trials, epochs, grads, study)
 
 
 def default_out(run: Run) -> Path:
@@ -131,36 +132,38 @@ def summarize(run: Run, top: int = 5, n_boot: int = A.N_BOOTSTRAP, seed: int = 0
     epochs = run.epochs if len(run.epochs) else pd.DataFrame(columns=EPOCH_COLUMNS)
     grads = run.grads if len(run.grads) else pd.DataFrame(columns=GRAD_COLUMNS)
     study = run.study
-    sizes = study.get("data_sizes") or {}
+    ranking = Ranking.of(study)
+    sizes = study.get("data_sizes") or {}  # runs before trials recorded their own sizes
     s: dict[str, Any] = {
         "study": study.get("name") or run.path.resolve().parent.name,
         "run_name": run.path.resolve().name, "run_dir": str(run.path),
         "description": study.get("description", ""), "n_trials": len(trials),
         "n_scored": len(A.scored(trials)), "status_counts": A.status_counts(trials),
-        "data_sizes": sizes or None,
+        "left_out": A.left_out(trials), "data_sizes": sizes or None,
+        "ranking": {"metric": ranking.metric, "mode": ranking.mode},
         "varied": [{"key": p.key, "kind": p.kind, "low": p.low, "high": p.high,
                     "values": p.values, "log": p.log} for p in specs],
     }
-    vt = A.val_test_stats(trials, sizes.get("val"), sizes.get("test"), n_boot, seed)
+    vt = A.val_test_stats(trials, sizes.get("val"), sizes.get("test"), n_boot, seed, ranking)
     vt["verdict"] = A.verdict(vt)
     s["val_vs_test"] = vt
-    s["leaderboard"] = A.leaderboard(trials, specs, MAX_TABLE_ROWS)
+    s["leaderboard"] = A.leaderboard(trials, specs, MAX_TABLE_ROWS, ranking)
     gaps = A.gap_table(trials)
     s["gaps"] = {"overfit_gap": A.OVERFIT_GAP, "underfit_margin": A.UNDERFIT_MARGIN,
                  "counts": {k: int((gaps.label == k).sum()) for k in A.GAP_LABELS},
                  "trials": gaps}
-    s["params"] = {p.key: {**A.param_effect(trials, p),
-                           "by_value": A.group_table(trials, p.key)
+    s["params"] = {p.key: {**A.param_effect(trials, p, ranking),
+                           "by_value": A.group_table(trials, p.key, ranking)
                            if A.is_discrete(p, trials) else None} for p in specs}
     s["heatmaps"] = heatmaps(trials, specs)
     s["best_so_far"] = A.best_so_far(trials)
     importances, note = A.param_importance(trials, specs, seed)
     s["importance"] = {"values": importances, "note": note}
-    s["curves"] = {"top": A.top_trials(trials, top),
-                   "by_value": {p.key: group_winners(trials, p.key)
+    s["curves"] = {"top": A.top_trials(trials, top, ranking),
+                   "by_value": {p.key: group_winners(trials, p.key, ranking)
                                 for p in specs if A.is_discrete(p, trials)
                                 and trials[A.col(p.key)].nunique() <= MAX_LEVELS}}
-    s.update(study_specific(run, trials, epochs, grads, specs))
+    s.update(study_specific(run, trials, epochs, grads, specs, ranking))
     return s
 
 
@@ -184,15 +187,19 @@ def heatmaps(trials: pd.DataFrame, specs: list[A.ParamSpec]) -> list[dict[str, A
     return out
 
 
-def group_winners(trials: pd.DataFrame, key: str) -> dict[str, str]:
-    """The best trial (by validation) for each value of `key`."""
+def group_winners(trials: pd.DataFrame, key: str, ranking: Ranking) -> dict[str, str]:
+    """The best trial (by the study's ranking) for each value of `key`, values in the order
+    of the per-value table."""
+    table = A.group_table(trials, key, ranking)
     df = A.scored(trials)
-    return {str(A.native(v)): A.top_trials(g, 1)[0] for v, g in df.groupby(A.col(key),
-                                                                             sort=False)}
+    groups = dict(list(df.groupby(A.col(key), sort=False)))
+    return {str(v): A.top_trials(groups[v], 1, ranking)[0] for v in table.value
+            if v in groups}
 
 
 def study_specific(run: Run, trials: pd.DataFrame, epochs: pd.DataFrame,
-                   grads: pd.DataFrame, specs: list[A.ParamSpec]) -> dict[str, Any]:
+                   grads: pd.DataFrame, specs: list[A.ParamSpec], ranking: Ranking
+                   ) -> dict[str, Any]:
     """Sections that exist only when the run has their data."""
     out: dict[str, Any] = {}
     keys = {p.key for p in specs}
@@ -207,7 +214,7 @@ def study_specific(run: Run, trials: pd.DataFrame, epochs: pd.DataFrame,
         out["best_vs_last"] = {**summary, "trials": table}
     mode = A.mode_key(run.study, specs)
     if mode:
-        out["transfer"] = {"key": mode, "table": A.group_table(trials, mode)}
+        out["transfer"] = {"key": mode, "table": A.group_table(trials, mode, ranking)}
     return out
 
 
@@ -270,7 +277,8 @@ def fig_gap(gaps: pd.DataFrame, out: Path) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for label, g in gaps.groupby("label"):
-        ax.scatter(g.val_acc.fillna(0), g.train_acc.fillna(0), label=f"{label} ({len(g)})",
+        drawn = g[g.val_acc.notna() & g.train_acc.notna()]  # no healthy epoch: nothing to draw
+        ax.scatter(drawn.val_acc, drawn.train_acc, label=f"{label} ({len(g)})",
                    c=LABEL_COLORS.get(label, "k"), s=28, alpha=0.8)
     ax.axline((0, 0), slope=1, color="k", lw=0.8, ls="--", label="train = val")
     ax.axline((0, A.OVERFIT_GAP), slope=1, color="tab:orange", lw=0.8, ls=":",
@@ -307,7 +315,7 @@ def fig_param(trials: pd.DataFrame, spec: A.ParamSpec, effect: dict, out: Path) 
         ax.scatter([x_best], [df.best_val_acc.max()], marker="*", s=240, c="gold",
                    edgecolors="k", zorder=3, label="validation winner")
     status_legend(ax, df.status)
-    warn = " (best on a bound!)" if effect["on_bound"] else ""
+    warn = " (best on a bound!)" if effect["on_bound"] and not spec.categorical else ""
     ax.set(xlabel=spec.key + (" (log)" if spec.log else ""), ylabel="best validation accuracy",
            title=f"{spec.key}: search {_range(spec)}{warn}")
     return save(fig, out, f"param_{slug(spec.key)}")
@@ -340,8 +348,7 @@ def fig_curves(epochs: pd.DataFrame, ids: dict[str, str], title: str, out: Path,
         e = epochs[epochs.trial_id == trial_id].sort_values("epoch")
         color = f"C{i % 10}"
         for split, style in (("train", "--"), ("val", "-")):
-            loss = e[f"{split}_loss"].where(e[f"{split}_loss"] < DIVERGED_LOSS_DRAWN)
-            ax_loss.plot(e.epoch, loss, style, color=color, marker=".",
+            ax_loss.plot(e.epoch, e[f"{split}_loss"], style, color=color, marker=".",
                          label=f"{label} {split}")
             ax_acc.plot(e.epoch, e[f"{split}_acc"], style, color=color, marker=".",
                         label=f"{label} {split}")
@@ -511,13 +518,35 @@ nav li {{ display: inline; margin-right: 1em; }}
 """
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, number_format: str | None = None) -> str:
+    """A table cell; numbers in their column's format (one format per column)."""
     value = A.native(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if isinstance(value, float):
-        return _f(value)
-    return str(value)
+    if isinstance(value, float) and math.isinf(value):
+        return "n/a"
+    if number_format and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, number_format)
+    return _f(value) if isinstance(value, float) else str(value)
+
+
+def column_format(values: pd.Series) -> str | None:
+    """The one format a column of numbers is shown in: whole numbers as such, else 3 decimals,
+    or 3 significant digits when some value is small (< 0.01) or large (>= 10,000)."""
+    numbers = [float(v) for v in map(A.native, values)
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    if not numbers or len(numbers) < sum(1 for v in values if not _blank(v)):
+        return None  # no numbers, or text among them
+    if all(x == round(x) and abs(x) < 1e15 for x in numbers):
+        return ".0f"
+    if any(x != 0 and (abs(x) < 0.01 or abs(x) >= 1e4) for x in numbers):
+        return ".3g"
+    return ".3f"
+
+
+def _blank(value: Any) -> bool:
+    value = A.native(value)
+    return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -534,17 +563,24 @@ def _f(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def _cells(df: pd.DataFrame) -> list[list[str]]:
+    """Every cell of `df` as text, each column in its one number format."""
+    formats = [column_format(df[c]) for c in df.columns]
+    return [[_cell(v, f) for v, f in zip(row, formats, strict=True)]
+            for row in df.itertuples(False)]
+
+
 def _md_table(df: pd.DataFrame) -> str:
     head = "| " + " | ".join(map(str, df.columns)) + " |"
     rule = "|" + "---|" * len(df.columns)
-    rows = ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df.itertuples(False)]
+    rows = ["| " + " | ".join(row) + " |" for row in _cells(df)]
     return "\n".join([head, rule, *rows])
 
 
 def _html_table(df: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    rows = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row)
-                   + "</tr>" for row in df.itertuples(False))
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row)
+                   + "</tr>" for row in _cells(df))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
@@ -581,13 +617,22 @@ def overview(doc: Doc, s: dict, specs: list[A.ParamSpec]) -> None:
     doc.section("overview", "Overview")
     if s["description"]:
         doc.para(s["description"])
-    sizes = s["data_sizes"]
+    vt, ranking = s["val_vs_test"], s["ranking"]
+    left_out = sum(s["left_out"].values())
     doc.para(f"Run {s['run_dir']}: {s['n_trials']} trials, {s['n_scored']} with a validation "
-             f"and a test score; {_counts(s['status_counts'])}."
-             + (f" Split sizes: train {sizes.get('train')}, val {sizes.get('val')}, test "
-                f"{sizes.get('test')}." if sizes else ""))
+             f"and a test score; {_counts(s['status_counts'])}. Trials are ranked by "
+             f"{ranking['metric']} ({ranking['mode']}) at their best epoch."
+             + (f" {left_out} without a healthy epoch ({_counts(s['left_out'])}) are left out "
+                "of every statistic below." if left_out else "")
+             + (f" Split sizes: val {_sizes(vt['val_sizes'])}, test "
+                f"{_sizes(vt['test_sizes'])}." if vt["val_sizes"] else ""))
     varied = "; ".join(f"{p.key} ({_range(p)})" for p in specs)
     doc.para(f"Varied: {varied}." if specs else "No hyperparameter was varied.")
+
+
+def _sizes(sizes: list[int]) -> str:
+    """One split size, or the range of the trials' own sizes when a searched dataset varies."""
+    return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]} (by trial)"
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -613,13 +658,14 @@ def val_vs_test(doc: Doc, s: dict, trials: pd.DataFrame, out: Path) -> None:
     doc.figure(fig_val_test(trials, vt, out),
                "best-epoch validation accuracy vs test accuracy at that epoch, one dot per trial")
     if vt["p_same_winner"] is None and vt["n_trials"] >= 2:
-        doc.para("The bootstrap probability is not computed: study.yaml has no data_sizes "
+        doc.para("The bootstrap probability is not computed: the run records no split sizes "
                  "(val and test row counts), so the evaluation noise is unknown.")
     else:
         doc.para(f"How the probability is estimated: a parametric bootstrap over evaluation "
                  f"examples ({vt['n_boot']} resamples, seed {vt['seed']}). Each resample draws "
-                 f"every trial's validation and test accuracy as Binomial(n, acc)/n with the "
-                 f"split sizes (val {vt['n_val']}, test {vt['n_test']}) and checks whether the "
+                 f"every trial's validation and test accuracy as Binomial(n, acc)/n with its "
+                 f"own split sizes (val {_sizes(vt['val_sizes'])}, test "
+                 f"{_sizes(vt['test_sizes'])}) and checks whether the "
                  f"validation arg-max is the test arg-max. Examples, not trials, are resampled "
                  f"because the question is about the winner among these configs, not about "
                  f"the population of configs; trials are drawn independently although they "
@@ -670,7 +716,7 @@ def curve_sections(doc: Doc, s: dict, epochs: pd.DataFrame, out: Path) -> None:
     doc.section("curves", "Learning curves")
     top = s["curves"]["top"]
     doc.para(f"The {len(top)} best trials by validation; train dashed, validation solid; "
-             "diverged epochs are not drawn on the loss axis.")
+             "diverged epochs have no measurements and are not drawn.")
     doc.figure(fig_curves(epochs, {t: t for t in top}, "top trials", out, "curves_top"),
                "learning curves of the top trials")
     for key, winners in s["curves"]["by_value"].items():

@@ -1,9 +1,10 @@
-"""The results contract: parquet schema, table building, atomic writes and `load_run`.
+"""The results contract: parquet schema, the ranking, table building, atomic writes, `load_run`.
 
 A run directory holds `trials.parquet`, `epochs.parquet`, `grads.parquet` (when gradient
-tracking was on) and `study.yaml`, next to Ray's own experiment files. Ray's trial records are
-read from its plain-text files only (`read_ray_trials`): a run directory may come from anyone,
-and nothing in it is ever unpickled here.
+tracking was on) and `study.yaml`, next to Ray's own experiment files; each trial directory
+holds its saved states (`latest.pt`, `best.pt`). Ray's trial records are read from its
+plain-text files only (`read_ray_trials`): a run directory may come from anyone, and nothing in
+it is ever unpickled here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tune_hw import layout, strict_yaml
@@ -24,19 +26,34 @@ from tune_hw.errors import UserError
 
 EPOCH_COLUMNS = [
     "trial_id", "epoch", "steps", "train_loss", "train_acc", "val_loss", "val_acc",
-    "test_loss", "test_acc", "lr", "epoch_s", "samples_per_s", "step_loss_std",
+    "test_loss", "test_acc", "lr", "epoch_s", "samples_per_s", "step_loss_std", "diverged",
 ]
+# measured once per epoch; a diverged epoch has none (NaN), whatever the searcher was shown
+MEASURED_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                    "step_loss_std")
+SPLIT_SIZE_COLUMNS = ("train_size", "val_size", "test_size")  # each trial's own split sizes
 TRIAL_SUMMARY_COLUMNS = [
     "best_epoch", "best_val_acc", "val_loss_at_best", "train_acc_at_best", "test_acc_at_best",
     "final_epoch", "final_val_acc", "final_test_acc", "wall_s", "node_id", "gpu_ids", "seed",
-    "num_params", "error",
+    "num_params", *SPLIT_SIZE_COLUMNS, "error",
 ]
+# the validation metrics a study may rank by, each with its natural direction
+VALIDATION_METRICS = {"val_acc": "max", "val_loss": "min"}
+TRIAL_SCORE_COLUMNS = {"val_acc": "best_val_acc", "val_loss": "val_loss_at_best"}
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
 TRIAL_COLUMNS = ["trial_id", "status", *TRIAL_SUMMARY_COLUMNS]  # plus one config/<key> each
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")
 
 TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
     "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
+# a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's
+LATEST_STATE_FILE, BEST_STATE_FILE = "latest.pt", "best.pt"
+
+
+def trial_dir_name(trial_id: str) -> str:
+    """The directory of a trial inside its run directory (short: Ray's default spells the
+    whole config into the path)."""
+    return f"trial_{trial_id}"
 
 
 @dataclass
@@ -65,24 +82,106 @@ class Run:
     study: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """THE ranking of a study: epochs and trials by its `search.metric` in its `search.mode`.
+
+    One tie-break everywhere: the other validation metric in its natural direction (higher
+    accuracy, lower loss), then the earlier epoch or the earlier trial (Tune's creation
+    order). Diverged epochs and non-finite scores never rank.
+    """
+
+    metric: str = "val_acc"
+    mode: str = "max"
+
+    @classmethod
+    def of(cls, study: dict[str, Any]) -> Ranking:
+        """The ranking a resolved study (study.yaml) asks for; defaults when it says nothing."""
+        search = study.get("search") or {}
+        return cls(search.get("metric", cls.metric), search.get("mode", cls.mode))
+
+    @property
+    def tie_metric(self) -> str:
+        return next(m for m in VALIDATION_METRICS if m != self.metric)
+
+    def key(self, score: Any, tie: Any, position: int) -> tuple[float, float, int]:
+        """Sort key, smallest first: the score, the tie metric, the position."""
+        return (_smaller_is_better(score, self.mode),
+                _smaller_is_better(tie, VALIDATION_METRICS[self.tie_metric]), position)
+
+    def best_epoch(self, rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+        """The best healthy epoch of one trial's rows (each with `epoch`, `val_acc`, ...)."""
+        healthy = [r for r in rows if not is_true(r.get("diverged"))
+                   and _finite(r.get(self.metric))]
+        if not healthy:
+            return None
+        return min(healthy, key=lambda r: self.key(r[self.metric], r.get(self.tie_metric),
+                                                   int(r["epoch"])))
+
+    def order(self, trials: pd.DataFrame) -> list[int]:
+        """Row positions of the ranked trials (a finite score at their best epoch), best first."""
+        score, tie = (trials[TRIAL_SCORE_COLUMNS[m]] if TRIAL_SCORE_COLUMNS[m] in trials
+                      else pd.Series(math.nan, index=trials.index)
+                      for m in (self.metric, self.tie_metric))
+        keys = [(self.key(s, t, i), i) for i, (s, t) in enumerate(zip(score, tie, strict=True))
+                if _finite(s)]
+        return [i for _, i in sorted(keys)]
+
+    def ranked(self, trials: pd.DataFrame) -> pd.DataFrame:
+        """The ranked trials, best first (unranked ones left out)."""
+        return trials.iloc[self.order(trials)]
+
+
+DEFAULT_RANKING = Ranking()  # a study that names no search.metric ranks by val_acc, max
+
+
+def _smaller_is_better(value: Any, mode: str) -> float:
+    if not _finite(value):
+        return math.inf
+    return -float(value) if mode == "max" else float(value)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def is_true(value: Any) -> bool:
+    """A reported flag (Python or numpy bool, or its text in a CSV) that is set."""
+    if isinstance(value, str):
+        return value == "True"
+    return value is True or (isinstance(value, np.bool_) and bool(value))
+
+
 def epoch_rows(record: TrialRecord) -> list[dict[str, Any]]:
-    """One row per epoch; a retried epoch (after a restore) keeps its latest report."""
+    """One row per epoch; a retried epoch (after a restore) keeps its latest report.
+
+    A diverged epoch keeps its flag and loses its measurements: the finite sentinels it
+    reported exist for the searcher and ASHA only.
+    """
     by_epoch: dict[int, dict[str, Any]] = {}
     for row in record.rows:
         if "epoch" in row and row["epoch"] is not None and not _is_nan(row["epoch"]):
             by_epoch[int(row["epoch"])] = row
-    return [
-        {"trial_id": record.trial_id, **{c: by_epoch[e].get(c) for c in EPOCH_COLUMNS[1:]}}
-        for e in sorted(by_epoch)
-    ]
+    out = []
+    for epoch in sorted(by_epoch):
+        row = {"trial_id": record.trial_id,
+               **{c: by_epoch[epoch].get(c) for c in EPOCH_COLUMNS[1:]}}
+        row["diverged"] = is_true(row["diverged"])
+        if row["diverged"]:
+            row.update(dict.fromkeys(MEASURED_COLUMNS, math.nan))
+        out.append(row)
+    return out
 
 
 def trial_status(record: TrialRecord, epochs: list[dict]) -> str:
     """completed | early_stopped | diverged | error | running | pending (search interrupted)."""
     last = record.rows[-1] if record.rows else {}
-    if last.get("diverged") is True:
+    if is_true(last.get("diverged")):
         return "diverged"
-    if record.error:
+    if trial_error(record):
         return "error"
     target = int(record.config.get("train.epochs", 0) or 0)
     final_epoch = epochs[-1]["epoch"] if epochs else 0
@@ -93,15 +192,28 @@ def trial_status(record: TrialRecord, epochs: list[dict]) -> str:
     return "running" if epochs else "pending"
 
 
-def trial_summary(record: TrialRecord, epochs: list[dict]) -> dict[str, Any]:
-    """One `trials.parquet` row: status, config, best-by-validation and final metrics."""
+def trial_error(record: TrialRecord) -> str | None:
+    """Why a trial failed: Ray's error, or the error the trial reported and ended on
+    (a configuration error, which no retry can mend, is reported instead of raised)."""
+    if record.error:
+        return record.error
+    reported = record.rows[-1].get("error") if record.rows else None
+    return reported if isinstance(reported, str) and reported else None
+
+
+def trial_summary(record: TrialRecord, epochs: list[dict], ranking: Ranking = DEFAULT_RANKING
+                  ) -> dict[str, Any]:
+    """One `trials.parquet` row: status, config, best epoch (by `ranking`), final metrics.
+
+    A trial with no healthy epoch (it diverged in its first) has no best epoch: NaN.
+    """
     last = record.rows[-1] if record.rows else {}
-    healthy = [e for e in epochs if not _is_nan(e["val_acc"])]
-    best = max(healthy, key=lambda e: (e["val_acc"], -e["epoch"])) if healthy else {}
+    best = ranking.best_epoch(epochs) or {}
     final = epochs[-1] if epochs else {}
     wall_s = last.get("time_total_s")
     if wall_s is None:
         wall_s = sum(e["epoch_s"] or 0.0 for e in epochs)
+    sized = next((r for r in reversed(record.rows) if _finite(r.get("train_size"))), {})
     row = {
         "trial_id": record.trial_id,
         "status": trial_status(record, epochs),
@@ -119,7 +231,8 @@ def trial_summary(record: TrialRecord, epochs: list[dict]) -> dict[str, Any]:
         "gpu_ids": last.get("gpu_ids"),
         "seed": last.get("seed", record.config.get("train.seed")),
         "num_params": last.get("num_params"),
-        "error": record.error,
+        **{c: sized.get(c) for c in SPLIT_SIZE_COLUMNS},
+        "error": trial_error(record),
     }
     return row
 
@@ -139,19 +252,19 @@ def grad_rows(record: TrialRecord) -> list[dict[str, Any]]:
     return out
 
 
-def build_tables(records: Iterable[TrialRecord]
+def build_tables(records: Iterable[TrialRecord], ranking: Ranking = DEFAULT_RANKING
                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Turn trial records into the (trials, epochs, grads) DataFrames of the schema."""
     trials, epochs, grads = [], [], []
     for record in records:
         rows = epoch_rows(record)
         epochs.extend(rows)
-        trials.append(trial_summary(record, rows))
+        trials.append(trial_summary(record, rows, ranking))
         grads.extend(grad_rows(record))
     trials_df = pd.DataFrame(trials, columns=_trial_columns(trials))
     epochs_df = pd.DataFrame(epochs, columns=EPOCH_COLUMNS)
     grads_df = pd.DataFrame(grads, columns=GRAD_COLUMNS)
-    return trials_df, epochs_df.astype({"epoch": "int64"}), grads_df
+    return trials_df, epochs_df.astype({"epoch": "int64", "diverged": bool}), grads_df
 
 
 def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[str, Any]
@@ -159,7 +272,7 @@ def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[s
     """Write every results file of a run atomically and return what was written."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trials, epochs, grads = build_tables(records)
+    trials, epochs, grads = build_tables(records, Ranking.of(study))
     _refuse_shrinking(run_dir / TRIALS_FILE, len(trials))
     _atomic_write(run_dir / TRIALS_FILE, lambda p: trials.to_parquet(p, index=False))
     _atomic_write(run_dir / EPOCHS_FILE, lambda p: epochs.to_parquet(p, index=False))

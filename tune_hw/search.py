@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
+import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_hw import layout, results, spaces, strict_yaml
+from tune_hw.checkpoints import STORAGE_ENV
 from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.spaces import Study
 
@@ -171,33 +174,45 @@ def make_scheduler(study: Study) -> Any:
 
 # ------------------------------------------------------------------------------ checks
 
-def preflight(study: Study) -> dict[str, int]:
-    """Load the data and build each model once in the driver, so mistakes stop here.
+def preflight(study: Study) -> dict[str, int] | None:
+    """Load every dataset variant and build every model variant once in the driver, so mistakes
+    stop here; each dataset is released after its checks (the driver never trains on it).
 
-    Returns the split sizes (the report's bootstrap needs them).
+    Returns the split sizes when every variant has the same ones (trials record their own).
     """
-    from tune_hw import models
-    from tune_hw.trainable import load_splits
+    sizes = [_check_dataset_variant(study, dataset)
+             for dataset in spaces.section_variants(study, "dataset")]
+    return sizes[0] if all(s == sizes[0] for s in sizes) else None
 
-    sizes: dict[str, int] = {}
-    for dataset in spaces.section_variants(study, "dataset"):
-        splits = load_splits(dataset)
-        sizes = splits.sizes()
-        batch_sizes = [v["batch_size"] for v in spaces.section_variants(study, "train")]
-        if max(batch_sizes) > sizes["train"]:
-            raise UserError(f"{study.path}: train.batch_size {max(batch_sizes)} is larger than "
-                            f"the {sizes['train']} training rows of {dataset['name']}: lower it "
-                            "or raise dataset.n_train")
-        for model in spaces.section_variants(study, "model"):
-            hp = {k: v for k, v in model.items() if k != "name"}
-            models.build(model["name"], splits.in_shape, splits.num_classes, **hp)
+
+def _check_dataset_variant(study: Study, dataset: dict[str, Any]) -> dict[str, int]:
+    """Load one dataset variant (not through the trials' per-process cache) and build every
+    model variant on it; the split sizes."""
+    from tune_hw import data, models
+
+    splits = data.load(dataset["name"], **{k: v for k, v in dataset.items() if k != "name"})
+    sizes = splits.sizes()
+    empty = [name for name, n in sizes.items() if n == 0]
+    if empty:
+        raise UserError(f"{study.path}: dataset {dataset} has an empty {empty[0]} split: give "
+                        "it more rows (n_train, n_val, n_test or the fractions)")
+    batch_size = max(v["batch_size"] for v in spaces.section_variants(study, "train"))
+    if batch_size > sizes["train"]:
+        raise UserError(f"{study.path}: train.batch_size {batch_size} is larger than the "
+                        f"{sizes['train']} training rows of {dataset['name']}: lower it or raise "
+                        "dataset.n_train")
+    for model in spaces.section_variants(study, "model"):
+        hp = {k: v for k, v in model.items() if k != "name"}
+        models.build(model["name"], splits.in_shape, splits.num_classes, **hp)
     return sizes
 
 
 # ------------------------------------------------------------------------------ running
 
-def init_ray(address: str | None, dashboard: bool = False) -> None:
-    """Join a cluster at `address`, or start a local Ray (dashboard on 127.0.0.1 if asked)."""
+def init_ray(address: str | None, dashboard: bool = False,
+             runtime_env: dict[str, Any] | None = None) -> None:
+    """Join a cluster at `address`, or start a local Ray (dashboard on 127.0.0.1 if asked);
+    `runtime_env` is what every trial worker of this job gets."""
     import ray
 
     if ray.is_initialized():
@@ -208,7 +223,7 @@ def init_ray(address: str | None, dashboard: bool = False) -> None:
                             "it with `ray dashboard cluster.yaml` and drop --dashboard")
         check_reachable(address)
         try:
-            ray.init(address=address)
+            ray.init(address=address, runtime_env=runtime_env)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(f"cannot reach a Ray cluster at {address!r} ({exc}); start one with "
                             "`ray start --head` or check the address; a cluster with token "
@@ -216,7 +231,8 @@ def init_ray(address: str | None, dashboard: bool = False) -> None:
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
         return
     # address="local": always a new Ray, never someone else's `ray start` cluster on this host
-    context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                       runtime_env=runtime_env)
     node_ip = ray.util.get_node_ip_address()
     if not ipaddress.ip_address(node_ip).is_loopback:
         print(f"warning: the local Ray listens on {node_ip}, not 127.0.0.1: Ray was imported "
@@ -275,40 +291,67 @@ def check_shared_storage(storage: Path) -> None:
                         "Lustre...), or set TUNE_HW_SHARED_STORAGE=1 if this path is shared")
 
 
-def _is_network_fs(path: Path) -> bool:
-    """True when `path` sits on NFS/CIFS or the user vouched that it is shared."""
+def worker_runtime_env() -> dict[str, Any]:
+    """What trial workers need of the driver's environment: the storage root that relative
+    `run:` weights resolve under (workers on other nodes do not inherit the driver's
+    variables; a `ray job submit` that sets it in its own runtime_env keeps it)."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    job_vars = (job.get("runtime_env") or {}).get("env_vars") or {}
+    if STORAGE_ENV in job_vars:  # Ray refuses to merge one variable set twice
+        return {}
+    return {"env_vars": {STORAGE_ENV: os.environ[STORAGE_ENV]}}
+
+
+def _is_network_fs(path: Path, mounts: Path = Path("/proc/mounts")) -> bool:
+    """True when `path` sits on NFS/CIFS or the user vouched that it is shared.
+
+    The mount holding `path` is the longest mount point that `path` lies under, compared as
+    paths (/mnt/nfs2 is not under /mnt/nfs).
+    """
     if os.environ.get("TUNE_HW_SHARED_STORAGE") == "1":
         return True
-    mounts = Path("/proc/mounts")
     if not mounts.is_file():
         return False
-    best, fstype = "", ""
+    target = Path(path).resolve()
+    best, fstype = None, ""
     for line in mounts.read_text().splitlines():
         parts = line.split()
-        if len(parts) > 2 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
-            best, fstype = parts[1], parts[2]
+        if len(parts) < 3:
+            continue
+        # /proc/mounts writes a space in a mount point as \040 (and tab, newline, \ alike)
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), parts[1]))
+        if target.is_relative_to(point) and (best is None or len(point.parts) > len(best.parts)):
+            best, fstype = point, parts[2]
     # "fuse." (fuse.sshfs, fuse.juicefs...) and not "fuse": fuseblk is a local NTFS disk
     return fstype.startswith(("nfs", "cifs", "smb", "lustre", "gpfs", "fuse.", "ceph", "beegfs"))
 
 
-def make_trainable(study: Study, trainable: Callable | None = None) -> Any:
-    """The Tune trainable with the study's per-trial resources."""
+def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
+    """The Tune trainable with the study's per-trial resources; tune_trainable also gets the
+    run directory (where each trial keeps its states) and the study's ranking."""
     from ray import tune
 
     from tune_hw.trainable import tune_trainable
 
-    return tune.with_resources(trainable or tune_trainable,
+    if trainable is None:
+        trainable = tune.with_parameters(tune_trainable, run_dir=str(run_dir),
+                                         ranking=study.ranking)
+    return tune.with_resources(trainable,
                                {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
 
 
 def build_tuner(study: Study, storage: Path, run_name: str,
                 trainable: Callable | None = None) -> Any:
-    """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults)."""
+    """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults).
+
+    Tune keeps no checkpoints (each trial keeps its own states: trainable.TrialStates), so it
+    never forces experiment snapshots; it takes them on its own schedule (about 5 % of time).
+    """
     from ray import tune
 
     search = study.search
     return tune.Tuner(
-        make_trainable(study, trainable),
+        make_trainable(study, storage / study.name / run_name, trainable),
         param_space=param_space(study),
         tune_config=tune.TuneConfig(
             metric=search["metric"], mode=search["mode"], num_samples=search["num_samples"],
@@ -317,44 +360,54 @@ def build_tuner(study: Study, storage: Path, run_name: str,
             trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=run_name, storage_path=str(storage / study.name),
-            failure_config=tune.FailureConfig(max_failures=study.failure["max_failures"]),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=search["metric"],
-                checkpoint_score_order=search["mode"])),
+            failure_config=tune.FailureConfig(max_failures=study.failure["max_failures"])),
     )
 
 
 def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
     """Ray's Tuner.restore with the searcher's state: finished trials stay finished,
-    unfinished ones continue from their last checkpoint, errored ones stay errored."""
+    unfinished ones continue from their latest state, errored ones stay errored."""
     from ray import tune
 
-    return tune.Tuner.restore(str(run_dir), make_trainable(study, trainable),
+    return tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
                               resume_unfinished=True, resume_errored=False,
                               restart_errored=False, param_space=param_space(study))
 
 
 def _trial_name(trial: Any) -> str:
-    """Short trial directory names: Ray's default spells the whole config into the path."""
-    return f"trial_{trial.trial_id}"
+    return results.trial_dir_name(trial.trial_id)
 
 
 def print_best(run: results.Run, study: Study) -> None:
-    trials = run.trials.dropna(subset=["best_val_acc"])
-    if trials.empty:
-        print(f"no trial reported a result; run directory: {run.path}")
+    """The best trial by the study's ranking, its searched values and scores."""
+    ranked = study.ranking.ranked(run.trials)
+    statuses = run.trials["status"].value_counts().to_dict()
+    if ranked.empty:
+        print(f"no trial finished a healthy epoch (statuses: {statuses}); run directory: "
+              f"{run.path}")
         return
-    best = trials.sort_values("best_val_acc", ascending=False).iloc[0]
+    best = ranked.iloc[0]
     searched = [k for k in best.index if k.startswith("config/") and (
         k.removeprefix("config/") in study.space  # a searched key, or a key of a searched section
         or k.removeprefix("config/").partition(".")[0] in study.space)]
     config = {k.removeprefix("config/"): best[k].item() if hasattr(best[k], "item") else best[k]
               for k in searched if not _missing(best[k])}
     print(f"best trial {best['trial_id']} (by validation): {config}")
-    print(f"  val_acc {best['best_val_acc']:.4f}  test_acc {best['test_acc_at_best']:.4f}  "
-          f"at epoch {int(best['best_epoch'])}")
-    print(f"  statuses: {run.trials['status'].value_counts().to_dict()}")
+    print(f"  val_acc {best['best_val_acc']:.4f}  val_loss {best['val_loss_at_best']:.4f}  "
+          f"test_acc {best['test_acc_at_best']:.4f}  at epoch {int(best['best_epoch'])} "
+          f"(ranked by {study.ranking.metric}, {study.ranking.mode})")
+    print(f"  statuses: {statuses}")
     print(f"run directory: {run.path}")
+
+
+def no_result_line(run: results.Run) -> str | None:
+    """One line when no trial reported a single epoch: how many failed and the first error."""
+    if len(run.epochs) or run.trials.empty:
+        return None
+    errors = run.trials["error"].dropna()
+    first = f"; the first error: {errors.iloc[0]}" if len(errors) else ""
+    return (f"no trial produced a result: {len(errors)} of {len(run.trials)} trials failed"
+            f"{first} (run directory: {run.path})")
 
 
 # ----------------------------------------------------------------------- resume, interrupts
@@ -447,14 +500,19 @@ def resume_command(argv: list[str], run_name: str) -> str:
     return " ".join(["python -m tune_hw.search", *map(shlex.quote, args), "--resume"])
 
 
-def write_results(run_dir: Path, resolved: dict[str, Any], study: Study) -> bool:
-    """Write the parquet files from what Ray stored; True when the search was interrupted."""
+def write_results(run_dir: Path, resolved: dict[str, Any], study: Study) -> int:
+    """Write the parquet files from what Ray stored; the exit code: 0, 130 when the search was
+    interrupted, 1 when it ran but no trial produced a result."""
     records = results.read_ray_trials(run_dir)
     run = results.write_run(run_dir, records, resolved)
-    interrupted = was_interrupted(records, study)
-    if not interrupted:
-        print_best(run, study)
-    return interrupted
+    if was_interrupted(records, study):
+        return 130
+    failed = no_result_line(run)
+    if failed:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
+    print_best(run, study)
+    return 0
 
 
 def _missing(value: Any) -> bool:
@@ -470,7 +528,7 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
                         "for results yet; use a directory (on a cluster, one every node mounts)")
     storage = Path(args.storage_path).expanduser().resolve()
     # relative run:STUDY/RUN weights resolve under this run's storage, in driver and workers
-    os.environ.setdefault("TUNE_HW_STORAGE", str(storage))
+    os.environ.setdefault(STORAGE_ENV, str(storage))
     study = spaces.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
     layout.check_name(study.name, f"{study.path}: the study name (its file name)")
     sizes = preflight(study)
@@ -478,7 +536,7 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
     check_run_dir(run_dir, args.resume, resolved, storage)
     check_writable(storage, run_dir.parent)
-    init_ray(args.address, args.dashboard)
+    init_ray(args.address, args.dashboard, worker_runtime_env())
     check_shared_storage(storage)
     if not args.address:
         check_trial_fits(study)
@@ -490,11 +548,11 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
         tuner.fit()
     except KeyboardInterrupt:  # a second Ctrl-C: Ray has stopped its graceful shutdown
         pass
-    if write_results(run_dir, resolved, study):
+    code = write_results(run_dir, resolved, study)
+    if code == 130:
         print(f"search interrupted; results so far are in {run_dir}\n"
               f"continue it with: {resume_command(argv, run_name)}", file=sys.stderr)
-        return 130
-    return 0
+    return code
 
 
 def check_writable(storage: Path, study_dir: Path) -> None:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune_hw import data, models, strict_yaml
+from tune_hw import data, models, results, strict_yaml
 from tune_hw.errors import UserError
+from tune_hw.limits import LOWER_LIMITS
 from tune_hw.trainable import OPTIMIZERS, TRAIN_DEFAULTS
 
 STUDY_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -20,13 +21,13 @@ SECTIONS = ("dataset", "model", "train")
 TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
             "quick"}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
-SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": "val_acc", "mode": "max",
-                   "max_concurrent": 0}
+SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": results.Ranking.metric,
+                   "mode": results.Ranking.mode, "max_concurrent": 0}
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1.0, "gpu": 0.0}  # floats: fractions share a GPU (gpu: 0.25)
 FAILURE_DEFAULTS = {"max_failures": 2}
 ALGORITHMS, SCHEDULERS, MODES = ("optuna", "random", "grid"), ("asha", "fifo"), ("max", "min")
-METRICS = ("val_acc", "val_loss")  # never test_*: the test split must not feed any choice
+METRICS = tuple(results.VALIDATION_METRICS)  # never test_*: the test split feeds no choice
 
 
 @dataclass
@@ -45,6 +46,11 @@ class Study:
     resources: dict[str, Any]
     failure: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ranking(self) -> results.Ranking:
+        """How this study ranks epochs and trials (its search.metric and mode)."""
+        return results.Ranking(self.search["metric"], self.search["mode"])
 
     def resolved(self) -> dict[str, Any]:
         """The study as it runs, for `study.yaml` in the run directory."""
@@ -147,12 +153,14 @@ def validate(raw: dict[str, Any], path: Path) -> Study:
     study = Study(path.stem, path, description, dataset, model, train, space, search,
                   scheduler, resources, failure)
     _check_space(study, where)
-    _check_train(train, where)
     _check_search(study, where)
-    for variant in section_variants(study, "model"):
-        _check_model(variant, where)
-    for variant in section_variants(study, "dataset"):
-        _check_dataset(variant, where)
+    # the same check for the fixed values and for every value the space can put in their place
+    for section, check in (("train", _check_train), ("model", _check_model),
+                           ("dataset", _check_dataset)):
+        if section not in study.space:  # a section searched whole has no fixed mapping alone
+            check(getattr(study, section), where)
+        for variant, origin in _variants(study, section):
+            check(variant, where + _origin_text(origin))
     return study
 
 
@@ -178,22 +186,29 @@ def _merge(defaults: dict, given: Any, name: str, where: str) -> dict[str, Any]:
 
 
 def _check_type(key: str, value: Any, default: Any, where: str) -> None:
-    """A value must have the type of its default; YAML's string '1e-4' gets a pointed hint."""
+    """A value must have the type of its default (an int where an int belongs, not 32.0), and
+    a number must be finite; YAML's string '1e-4' gets a pointed hint."""
     if default is None or value is None:
         return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, bool):
         ok = isinstance(value, bool)
-    elif isinstance(default, (int, float)):
-        # an int where an int belongs: 16.0 is a float (models and ranges take whole numbers)
-        number = int if isinstance(default, int) else (int, float)
-        ok = isinstance(value, number) and not isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = number and isinstance(value, int)
+    elif isinstance(default, float):
+        ok = number
     else:
         ok = isinstance(value, type(default))
+    if ok and number and not math.isfinite(value):
+        raise StudyError(f"{where}: {key} must be a finite number, got {value!r}")
     if ok:
         return
     hint = ""
     if isinstance(value, str) and _looks_numeric(value):
         hint = f" (YAML reads {value} as a string: write it with a dot, e.g. 1.0e-4)"
+    elif isinstance(default, int) and isinstance(value, float):
+        hint = " (a whole number without a decimal point; a searched int key takes int: or " \
+               "choice:, not uniform:)"
     raise StudyError(f"{where}: {key} must be {type(default).__name__}, got {value!r}{hint}")
 
 
@@ -215,11 +230,15 @@ def _check_train(train: dict[str, Any], where: str) -> None:
     if train["optimizer"] not in OPTIMIZERS:
         raise StudyError(f"{where}: train.optimizer is {train['optimizer']!r}: use one of "
                          f"{sorted(OPTIMIZERS)}")
-    for key, low in (("epochs", 1), ("batch_size", 1)):
-        if train[key] < low:
-            raise StudyError(f"{where}: train.{key} must be >= {low}, got {train[key]}")
+    for key, low in LOWER_LIMITS.items():
+        name = key.removeprefix("train.")
+        if train[name] < low:
+            raise StudyError(f"{where}: {key} must be >= {low}, got {train[name]}")
     if train["lr"] <= 0:
         raise StudyError(f"{where}: train.lr must be > 0, got {train['lr']}")
+    for key in ("momentum", "weight_decay"):
+        if train[key] < 0:
+            raise StudyError(f"{where}: train.{key} must be >= 0, got {train[key]}")
 
 
 def _check_search(study: Study, where: str) -> None:
@@ -304,23 +323,47 @@ def _check_algorithm(key: str, kind: str, args: list, algorithm: str, where: str
 
 def section_variants(study: Study, section: str) -> list[dict[str, Any]]:
     """Every fixed-plus-searched mapping a section can take, for validation of each."""
+    return [variant for variant, _ in _variants(study, section)]
+
+
+def _variants(study: Study, section: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each mapping of `section` the search can produce (every combination of the values that
+    decide legality), with the space values that made it."""
     base = dict(getattr(study, section))
+    variants: list[tuple[dict[str, Any], dict[str, Any]]] = [(base, {})]
     spec = study.space.get(section)
-    variants = [dict(base)]
     if spec is not None:
         choices = next(iter(spec.values()))
         for choice in choices:
             if not isinstance(choice, dict):
                 raise StudyError(f"{study.path}: space.{section} must list mappings, got "
                                  f"{choice!r}")
-        variants = [{**base, **choice} for choice in choices]
+        variants = [({**base, **choice}, {f"space.{section}": choice}) for choice in choices]
     for key, spec in study.space.items():
         sec, _, name = key.partition(".")
         if sec == section and name:
-            kind, args = next(iter(spec.items()))
-            values = args if kind in ("choice", "grid") else args[:1]
-            variants = [{**v, name: value} for v in variants for value in values]
+            values = distribution_values(*next(iter(spec.items())))
+            variants = [({**v, name: value}, {**o, f"space.{key}": value})
+                        for v, o in variants for value in values]
     return variants
+
+
+def distribution_values(kind: str, args: list) -> list[Any]:
+    """The values of a distribution that decide whether all it draws is legal: every choice or
+    grid value, and both bounds of a range as the type it draws (int draws ints; uniform and
+    loguniform draw floats). Every rule checked is a bound, so the range's ends suffice."""
+    if kind in ("choice", "grid"):
+        return list(args)
+    if kind == "int":
+        return [int(args[0]), int(args[1])]
+    return [float(args[0]), float(args[1])]
+
+
+def _origin_text(origin: dict[str, Any]) -> str:
+    """` (from space.train.lr = -1.0)`: the searched values an error came from."""
+    if not origin:
+        return ""
+    return " (from " + ", ".join(f"{key} = {value!r}" for key, value in origin.items()) + ")"
 
 
 def _check_model(model: dict[str, Any], where: str) -> None:

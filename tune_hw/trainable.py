@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import tempfile
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +23,13 @@ from torch import nn
 
 from tune_hw import baselines, data, models
 from tune_hw.errors import UserError
+from tune_hw.results import (
+    BEST_STATE_FILE,
+    LATEST_STATE_FILE,
+    VALIDATION_METRICS,
+    Ranking,
+    trial_dir_name,
+)
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 10, "optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
@@ -36,7 +43,7 @@ OPTIMIZERS = {
     "adamw": lambda params, t: torch.optim.AdamW(params, lr=t["lr"],
                                                  weight_decay=t["weight_decay"]),
 }
-DIVERGED_LOSS = 1e9  # finite sentinel: searchers and ASHA must see a bad value, not NaN
+SENTINEL_LOSS = 1e9  # finite: the searcher and ASHA must see a bad value, not NaN
 TRAIN_EVAL_ROWS = 10_000  # train accuracy is measured on this many training rows
 NAN_CHECK_EVERY = 1024  # steps between divergence checks inside an epoch (each one syncs)
 
@@ -130,8 +137,9 @@ def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Opti
     return OPTIMIZERS[train["optimizer"]](models.parameter_groups(model, train["lr"]), train)
 
 
-# what a diverged epoch reports: finite, so searchers and ASHA see a bad value, not NaN
-DIVERGED_METRICS = {f"{s}_{m}": (DIVERGED_LOSS if m == "loss" else 0.0)
+# what an epoch without measurements (diverged) or a failed config reports: finite, so the
+# searcher and ASHA see a bad value, not NaN; nothing after them reads these values
+SENTINEL_METRICS = {f"{s}_{m}": (SENTINEL_LOSS if m == "loss" else 0.0)
                     for s in ("train", "val", "test") for m in ("loss", "acc")}
 
 
@@ -160,8 +168,10 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
     splits = load_splits(dataset, device)
     torch.manual_seed(train["seed"])
     model = models.build(hp.pop("name"), splits.in_shape, splits.num_classes, **hp)
+    # the trial's own split sizes: the analysis's standard errors and bootstrap need them
+    fixed = {"seed": train["seed"], **{f"{k}_size": n for k, n in splits.sizes().items()},
+             **(context or {})}
     if isinstance(model, baselines.TreeBaseline):  # trees: no optimizer, no gradients
-        fixed = {"seed": train["seed"], **(context or {})}
         baselines.run_tree_trial(model, splits, train, report, state, fixed)
         return
     model = model.to(device)
@@ -173,8 +183,7 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start_epoch = state["epoch"] + 1
-    fixed = {"num_params": sum(p.numel() for p in model.parameters()), "seed": train["seed"],
-             **(context or {})}
+    fixed["num_params"] = sum(p.numel() for p in model.parameters())
     layers = _linear_weights(model)
     for epoch in range(start_epoch, train["epochs"] + 1):
         grad_sums = torch.zeros(len(layers), device=device) if train["track_grads"] else None
@@ -185,7 +194,7 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
         measured = epoch_metrics(model, splits) if stats.finite else None
         diverged = measured is None
         metrics = {
-            "epoch": epoch, "steps": stats.steps, **(DIVERGED_METRICS if diverged else measured),
+            "epoch": epoch, "steps": stats.steps, **(SENTINEL_METRICS if diverged else measured),
             "lr": optimizer.param_groups[0]["lr"], "epoch_s": time.perf_counter() - started,
             "samples_per_s": len(splits.train) / train_s if train_s > 0 else math.nan,
             "step_loss_std": math.nan if diverged else stats.loss_std,
@@ -202,7 +211,44 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
 
 # ----------------------------------------------------------------------------- Ray Tune
 
-CHECKPOINT_FILE = "state.pt"
+class TrialStates:
+    """A trial's two saved states in its directory of the run, each replaced atomically: the
+    latest (retries and --resume continue from it) and its best epoch's by the study's ranking
+    (what `weights: run:` transfers).
+
+    Tune itself keeps no checkpoints: for Tune to delete superseded ones it forces a snapshot
+    of the whole experiment every few epochs, and each snapshot costs O(trials), so a search
+    of 1,000 short trials spent most of its time snapshotting (benchmarks/, case snapshot).
+    """
+
+    def __init__(self, trial_dir: Path, ranking: Ranking):
+        self.trial_dir, self.ranking = trial_dir, ranking
+        self.best: dict[str, Any] | None = None  # metrics of the best epoch saved so far
+
+    def latest(self) -> dict[str, Any] | None:
+        """The latest saved state, on the CPU whatever device saved it (the batch-order
+        generator only takes a CPU state; load_state_dict moves the rest to the model's)."""
+        path = self.trial_dir / LATEST_STATE_FILE
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.best = state.pop("best", None)
+        return state
+
+    def keep_if_best(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        """Save `state` as the best when its epoch ranks above the best so far."""
+        if self.ranking.best_epoch([metrics, self.best] if self.best else [metrics]) is metrics:
+            self.best = {k: metrics[k] for k in ("epoch", "diverged", *VALIDATION_METRICS)}
+            self._save(BEST_STATE_FILE, state)
+
+    def keep_latest(self, state: dict[str, Any]) -> None:
+        self._save(LATEST_STATE_FILE, {**state, "best": self.best})
+
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        self.trial_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.trial_dir / f".{name}.partial"
+        torch.save(state, partial)
+        os.replace(partial, self.trial_dir / name)  # a crash mid-write keeps the old file
 
 
 def _ray_context() -> tuple[str, dict[str, Any]]:
@@ -223,22 +269,44 @@ def _set_threads() -> None:
     torch.set_num_threads(max(1, int(cpus)))
 
 
-def tune_trainable(config: dict[str, Any]) -> None:
-    """The Ray Tune trainable: `run_trial` with tune.report and checkpoints, resuming if asked."""
+def _report_with_marker(metrics: dict[str, Any]) -> None:
+    """Report with a marker checkpoint (a note, no state), once per trial: Tune treats a trial
+    without a checkpoint as new on --resume and starts its result files afresh, which would
+    lose the epochs already reported. The state itself lives in the trial's files."""
+    import tempfile
+
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as directory:
+        Path(directory, "MARKER.txt").write_text(f"the state is in {LATEST_STATE_FILE}\n")
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def tune_trainable(config: dict[str, Any], run_dir: str, ranking: Ranking) -> None:
+    """The Ray Tune trainable: `run_trial` with tune.report and the trial's saved states,
+    continuing from the latest one if there is one (a retry, a lost node, --resume).
+
+    A `UserError` (a configuration no retry can mend) ends the trial with one report of the
+    sentinel metrics and its message, instead of an exception Tune would retry.
+    """
     from ray import tune
 
     _set_threads()
     device, context = _ray_context()
-    state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location=device,
-                               weights_only=True)
+    states = TrialStates(Path(run_dir) / trial_dir_name(tune.get_context().get_trial_id()),
+                         ranking)
+    marked = [tune.get_checkpoint() is not None]
 
     def report(metrics: dict[str, Any], trial_state: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save(trial_state, Path(directory) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        states.keep_if_best(metrics, trial_state)  # before the report: Tune may stop us there
+        if marked[0]:
+            tune.report(metrics)
+        else:
+            _report_with_marker(metrics)
+            marked[0] = True
+        states.keep_latest(trial_state)
 
-    run_trial(config, report, state, device, context)
+    try:
+        run_trial(config, report, states.latest(), device, context)
+    except UserError as exc:
+        tune.report({**SENTINEL_METRICS, **context, "error": f"UserError: {exc}"})
