@@ -146,8 +146,10 @@ SEARCHED_BAD = [  # (space entries added to GOOD's, message fragments)
 
 @pytest.mark.parametrize("entry, messages", SEARCHED_BAD)
 def test_searched_values_obey_the_rules_of_fixed_values(tmp_path, entry, messages):
-    text = GOOD.replace("  train.batch_size: {choice: [8, 32]}\n",
-                        f"  train.batch_size: {{choice: [8, 32]}}\n  {entry}\n")
+    key = entry.split(":")[0]  # an entry for a key GOOD searches replaces it (no duplicate keys)
+    base = "".join(line for line in GOOD.splitlines(keepends=True)
+                   if not line.startswith(f"  {key}:"))
+    text = base.replace("space:\n", f"space:\n  {entry}\n")
     if entry.startswith("train:"):  # a whole searched section: no dotted train keys beside it
         text = text.replace("  train.lr: {loguniform: [1.0e-4, 1.0]}\n", "").replace(
             "  train.batch_size: {choice: [8, 32]}\n", "")
