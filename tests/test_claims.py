@@ -1,6 +1,7 @@
 """The claim language (tune_hw.claims): every construct parses, every bad claim is one line."""
 
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -9,6 +10,8 @@ from tune_hw import analysis, claim_groups, results
 from tune_hw import claims as C
 from tune_hw.claims import Compare, Group, Label, Metric, Selection, Selector, Trend
 from tune_hw.errors import UserError
+
+STUDY_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 WHERE = "search_spaces/toy.yaml"
 GRID = {  # a resolved study with a whole-section model space and two grids
@@ -244,3 +247,35 @@ def test_every_metric_has_a_described_parameter():
     for name, (param, default) in C.METRICS.items():
         assert param in (None, "acc", "epoch"), name
         assert Metric(name, default).describe().startswith(name)
+
+
+# ------------------------------------------------------------ the proposed study claims
+
+PROPOSED = Path(__file__).with_name("proposed_claims.yaml")
+ARCHITECTURES_1D = {  # search_spaces/architectures_1d.yaml (its branch adds the file)
+    "dataset": {"name": "mnist1d"}, "model": {},
+    "train": {"epochs": 80, "optimizer": "adam", "lr": 3.0e-3, "batch_size": 64, "seed": 0},
+    "space": {"model": {"grid": [{"name": "mlp", "width": 256, "depth": 2}] + [
+        {"name": "cnn", "kernel_size": k, "channels": 32, "depth": 3} for k in (1, 3, 5, 7)]},
+        "dataset.shuffle": {"grid": [False, True]}},
+}
+
+
+def shipped_study(name):
+    path = STUDY_DIR / f"{name}.yaml"
+    if name == "architectures_1d" and not path.is_file():
+        return ARCHITECTURES_1D
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("name", sorted(yaml.safe_load(PROPOSED.read_text())))
+def test_each_proposed_claims_block_validates_against_its_study(name):
+    block = yaml.safe_load(PROPOSED.read_text())[name]
+    parsed = C.parse_claims(block["claims"], shipped_study(name), f"{name}.yaml")
+    assert len(parsed) == len(block["claims"]) >= 1 and block["repeats"] >= 1
+
+
+def test_every_study_of_the_issue_has_a_proposed_block():
+    issue = {"architectures", "architectures_1d", "lr_batch", "lr_extremes", "epochs",
+             "normalization", "width_depth", "deep", "batch_size", "transfer"}
+    assert set(yaml.safe_load(PROPOSED.read_text())) == issue

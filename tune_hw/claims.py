@@ -28,18 +28,20 @@ left out of metric claims but count for label claims):
     gap                      train − val accuracy at the best epoch
     best_val_acc, test_acc_at_best, train_acc_at_best, final_val_acc, final_test_acc
     val_loss_at_best         validation loss at the best epoch
-    epochs_to_acc            first epoch whose val accuracy reaches `acc` (never: final epoch + 1)
+    epochs_to_acc            first epoch whose val accuracy reaches `acc` (never: last epoch + 1)
     steps_to_acc             optimizer steps up to that epoch (never: all steps + one epoch's)
     steps_per_epoch          optimizer steps in one epoch
     step_loss_noise          median step_loss_std over healthy epochs, the first left out
     grad_ratio               log10(first-layer ÷ head gradient norm) at the first/last epoch
+                             (-2: a hundredfold smaller; a norm of 0 counts as float32's tiny)
     best_epoch_before_final  final_epoch − best_epoch (> 0: the best epoch came before the last)
     val_below_train_running  train_loss_running − val_loss at `epoch` (> 0: val loss is below)
 
 Labels: the gap labels `diverged`, `underfit`, `overfit`, `good` and the statuses `completed`,
 `early_stopped`, `error`; a list means any of them ("diverged or stalled").
 
-Effect and claimed side, per form (a group's value is the mean of its trials' metric):
+Effect and claimed side, per form (a group's value is the mean of its trials' metric; the
+95% interval, what it resamples and the verdict rule are described in tune_hw.findings):
     higher/lower   min over lower groups of higher − lower;  claimed > by (default 0)
     more_in        (higher − lower in more_in) − (higher − lower in than_in);  claimed > by
     order          min over neighbours of earlier − later;  claimed > by
