@@ -113,6 +113,9 @@ def test_label_share_uses_the_exact_binomial_interval():
     six, three, none = label(6, 0), label(3, 0), label(0, 6)
     assert six.verdict == "supported" and six.ci_low == pytest.approx(0.025 ** (1 / 6))
     assert three.verdict == "inconclusive" and three.effect == 1.0  # 3 of 3 is not enough
+    assert "at least 6 trials, all labelled, are needed" in three.sentence
+    assert [F.trials_needed(s) for s in (0.0, 0.5, 0.9)] == [2, 6, 36]
+    assert F.clopper_pearson(36, 36)[0] > 0.9 > F.clopper_pearson(35, 35)[0]
     assert none.verdict == "contradicted" and none.ci_high == pytest.approx(1 - 0.025 ** (1 / 6))
     exact = stats.binomtest(4, 9).proportion_ci(0.95, method="exact")
     assert F.clopper_pearson(4, 9) == pytest.approx((exact.low, exact.high))

@@ -70,7 +70,7 @@ class Finding:
     ci_high: float
     n: int
     sentence: str
-    claimed: str  # the side the claim puts the effect on, e.g. "> 0"
+    claimed: str  # the side the claim puts the effect on, e.g. "above 0"
     basis: str  # what the interval resamples
     groups: tuple[GroupValue, ...] = ()
 
@@ -203,7 +203,10 @@ def _label(claim: Label, t: pd.DataFrame, inside: np.ndarray) -> Finding:
     if n < MIN_GROUP_TRIALS:
         return _undecided(claim, n, table, _too_few(table, "a gap label or status"))
     low, high = clopper_pearson(k, n)
-    return _finding(claim, k / n, low, high, n, "exact binomial interval", table)
+    need = trials_needed(claim.low)
+    note = f"; at least {need} trials, all labelled, are needed to show it" \
+        if verdict(claim.low, claim.high, low, high) == INCONCLUSIVE and n < need else ""
+    return _finding(claim, k / n, low, high, n, "exact binomial interval", table, note)
 
 
 def _selection(claim: Selection, t: pd.DataFrame, inside: np.ndarray,
@@ -245,6 +248,14 @@ def _selection(claim: Selection, t: pd.DataFrame, inside: np.ndarray,
     return _finding(claim, effect, float(low), float(high), len(positions), basis, table)
 
 
+def trials_needed(share: float, level: float = 0.95) -> int:
+    """The fewest trials whose exact interval, all of them labelled, lies above `share`:
+    with k = n the lower bound is ((1 - level) / 2) ** (1 / n)."""
+    if share <= 0:
+        return MIN_GROUP_TRIALS
+    return max(MIN_GROUP_TRIALS, math.floor(math.log((1 - level) / 2) / math.log(share)) + 1)
+
+
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """The exact binomial interval of a share k / n."""
     from scipy.stats import beta
@@ -258,18 +269,18 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 # ---------------------------------------------------------------------------- sentences
 
 def _finding(claim: Claim, effect: float, low: float, high: float, n: int, basis: str,
-             table: tuple[GroupValue, ...]) -> Finding:
+             table: tuple[GroupValue, ...], note: str = "") -> Finding:
     word = verdict(claim.low, claim.high, low, high)
     sentence = (f"{word.capitalize()}: {effect_text(claim)} is {_num(effect)} (95% CI "
                 f"{_num(low)} to {_num(high)} from {n} trials, {basis}); the claim expects "
-                f"{claimed_text(claim)}.")
+                f"{claimed_text(claim)}{note}.")
     return Finding(claim.name, _kind(claim), word, effect, low, high, n, sentence,
                    claimed_text(claim), basis, table)
 
 
 def _undecided(claim: Claim, n: int, table: tuple[GroupValue, ...], reason: str) -> Finding:
     return Finding(claim.name, _kind(claim), INCONCLUSIVE, math.nan, math.nan, math.nan, n,
-                   f"Inconclusive: {reason}.", claimed_text(claim), "nothing", table)
+                   f"Inconclusive: {reason}.", claimed_text(claim), "no interval", table)
 
 
 def _too_few(short: list[GroupValue] | tuple[GroupValue, ...], what: str) -> str:
