@@ -18,7 +18,7 @@ import pandas as pd
 from tune_hw import analysis as A
 from tune_hw import trial_metrics as TM
 
-N_BOOTSTRAP = 2000
+N_BOOTSTRAP = A.N_BOOTSTRAP  # one resample count for the whole report
 TOP_FRACTION, MIN_TOP = 0.25, 5  # rank agreement among the top quarter by validation, >= 5
 
 

@@ -44,7 +44,7 @@ from tune_hw import trial_metrics as TM
 from tune_hw.claim_groups import Group, Selector, same_value
 from tune_hw.claims import Claim, Compare, Label, Selection, Trend
 
-N_BOOTSTRAP = 2000
+N_BOOTSTRAP = A.N_BOOTSTRAP  # one resample count for the whole report
 MIN_GROUP_TRIALS = 2  # a group of one trial says nothing about seed-to-seed variation
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 
