@@ -160,17 +160,35 @@ def test_stopped_members_leave_and_the_rest_continue_exactly():
         assert_rows_match(rows[i], unfused(configs[i])[0])
 
 
+def assert_same_state(mine, theirs):
+    """A member's checkpoint is run_trial's: same keys, tensors, optimizer groups, generator."""
+    assert mine.keys() == theirs.keys() and mine["epoch"] == theirs["epoch"]
+    assert list(mine["model"]) == list(theirs["model"])
+    for name, value in theirs["model"].items():  # num_batches_tracked included
+        torch.testing.assert_close(mine["model"][name], value, rtol=1e-5, atol=1e-6)
+    assert mine["optimizer"]["param_groups"] == theirs["optimizer"]["param_groups"]
+    assert mine["optimizer"]["state"].keys() == theirs["optimizer"]["state"].keys()
+    for i, entry in theirs["optimizer"]["state"].items():
+        assert mine["optimizer"]["state"][i].keys() == entry.keys()
+        for key, value in entry.items():
+            torch.testing.assert_close(mine["optimizer"]["state"][i][key], value, rtol=1e-5,
+                                       atol=1e-6)
+    assert torch.equal(mine["generator"], theirs["generator"])
+
+
 @pytest.mark.parametrize("case", ["mlp-batch-gelu-adamw", "cnn-batch-sgd"])
 def test_member_checkpoints_resume_fused_or_unfused_exactly(case):
     configs = members_of(case)
     rows, saved = run_fused(configs)
     after_one = [saved[i][0] for i in range(len(configs))]
+    plain_states = [unfused(config)[1][0] for config in configs]
+    for mine, theirs in zip(after_one, plain_states, strict=True):
+        assert_same_state(mine, theirs)
     resumed, _ = run_fused(configs, after_one)  # a retried group continues every member
     for i, config in enumerate(configs):
         assert_rows_match(resumed[i], rows[i][1:])
         plain_resumed, _ = unfused(config, after_one[i])  # a member state is a trial state
         assert_rows_match(plain_resumed, rows[i][1:])
-    plain_states = [unfused(config)[1][0] for config in configs]
     from_plain, _ = run_fused(configs, plain_states)  # and a trial state is a member state
     for i in range(len(configs)):
         assert_rows_match(from_plain[i], rows[i][1:])
@@ -219,6 +237,10 @@ def test_stacked_optimizer_is_torch_optim_per_member(kind):
             for p, g in zip(model.parameters(), net.layout.views(grads).values(), strict=True):
                 p.grad = g[k].clone()
             opt.step()
+        assert_same_optimizers(net, optimizer, plain)
+
+
+def assert_same_optimizers(net, optimizer, plain):
     for k, (model, opt) in enumerate(plain):
         mine = optimizer.member_state_dict(k)
         theirs = opt.state_dict()
