@@ -292,6 +292,19 @@ def test_only_one_structure_fuses():
         stacked.StackedNet.from_modules([nn.Sequential(nn.Dropout(), nn.Linear(2, 2))])
 
 
+def test_fusion_pays_only_where_it_was_measured_to():
+    assert fused.fusion_pays("resnet18", 16, "cpu") == 0
+    assert fused.fusion_pays("hist_gradient_boosting", 16, "cpu") == 0
+    assert fused.fusion_pays("mlp", 1, "cpu") >= 16 and fused.fusion_pays("mlp", 16, "cpu") >= 16
+    for arch in fused.FUSABLE_MODELS:
+        useful = [fused.fusion_pays(arch, b, "cpu") for b in (1, 16, 128, 1024, 4096)]
+        assert useful == sorted(useful, reverse=True)  # never more fusion at a larger batch
+        assert all(k == 0 or k >= 2 for k in useful)
+        # between measured batch sizes the larger one's row; beyond them, no fusion
+        assert fused.fusion_pays(arch, 32, "cpu") == fused.fusion_pays(arch, 128, "cpu")
+        assert fused.fusion_pays(arch, 5000, "cpu") == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_a_group_trains_on_the_gpu_like_its_unfused_trials():
     configs = members_of("cnn-batch-sgd")

@@ -36,12 +36,43 @@ EVAL_ROWS = 4096  # rows x members per evaluation chunk (trainable.evaluate's 40
 
 MemberReporter = Callable[[int, dict[str, Any], dict[str, Any]], "bool | None"]
 
+# The largest useful group per architecture and batch size (0: do not fuse), from
+# benchmarks/fusion.py: steps per CPU-second per member, K fused over one model at a time, one
+# torch thread, 2 interleaved repeats, on 2 shared Xeon cores at load average 11 (2026-12-02):
+#   mlp (lr_batch's, SGD)  batch 1:    K=4 3.3x  K=16 5.5x  K=64 6.1x
+#                          batch 16:       2.9x       4.5x       4.6x
+#                          batch 128:      2.2x       2.1x       1.6x
+#                          batch 1024:     1.2x       1.2x       1.0x
+#   mlp + BatchNorm        batch 16:       2.9x       5.0x       5.5x
+#                          batch 128:      1.8x       2.0x       1.9x
+#                          batch 1024:     1.0x       0.8x       0.7x   (fusion loses)
+#   cnn (architectures')   batch 1:        1.8x       3.1x       3.5x
+#                          batch 16:       1.6x       1.9x       1.9x
+#                          batch 128:      1.1x       1.1x       0.6x   (loses at K = 64)
+#                          batch 1024:     0.7x       0.5x       0.5x   (fusion loses)
+# A row's K is the largest within 10 % of its best gain, when that gain is >= 1.2x
+# (benchmarks.fusion.useful_members); mlp takes the lower of its two rows (a study may use
+# BatchNorm), and a batch size between two measured ones takes the larger one's row: the gain
+# only falls as the batch grows. Small steps are bound by per-step overhead, which fusion pays
+# once for K; large ones by arithmetic and memory traffic, which it cannot share. CUDA is not
+# measured yet (no GPU here): it uses the CPU figures, which are conservative for launch-bound
+# GPU steps.
+FUSION_PAYS = {"mlp": {1: 64, 16: 64, 128: 16, 1024: 0}, "cnn": {1: 64, 16: 64, 128: 0, 1024: 0}}
+
 
 def structure_key(config: dict[str, Any]) -> str:
     """What members of one group must share: the config without the per-member keys."""
     dataset, hp, train = trainable.split_config(config)
     train = {k: v for k, v in train.items() if f"train.{k}" not in MEMBER_KEYS}
     return repr(sorted({"dataset": dataset, "model": hp, "train": train}.items()))
+
+
+def fusion_pays(arch: str, batch_size: int, device: str = "cpu") -> int:
+    """The largest group worth fusing for model `arch` at `batch_size`; 0: train unfused."""
+    del device  # one table until a GPU run measures its own (see FUSION_PAYS)
+    rows = FUSION_PAYS.get(arch, {})
+    measured = [b for b in sorted(rows) if b >= batch_size]
+    return rows[measured[0]] if measured else 0
 
 
 def build_member(config: dict[str, Any], splits: data.Splits, device: str,
