@@ -98,9 +98,9 @@ class StackedNet:
                 raise ValueError("fused members must share one architecture and its sizes")
         params = [dict(m.named_parameters()) for m in modules]
         layout = FlatLayout({n: p.shape for n, p in params[0].items()})
-        buffers = {name: torch.stack([dict(m.named_buffers())[name].detach().clone()
-                                      for m in modules])
-                   for name, _ in template.named_buffers()}
+        member_buffers = [dict(m.named_buffers()) for m in modules]
+        buffers = {name: torch.stack([b[name].detach() for b in member_buffers])
+                   for name in member_buffers[0]}
         return cls(template, layout, layout.stack(params), buffers)
 
     @property
