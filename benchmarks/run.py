@@ -1,6 +1,6 @@
 """Run tune_hw's benchmark suite and write benchmarks/RESULTS.md and benchmarks/results.json.
 
-    python -m benchmarks.run                        # full suite, ~10 minutes on 2 idle cores
+    python -m benchmarks.run                        # full suite, ~20 minutes on 2 idle cores
     python -m benchmarks.run --quick --out /tmp/b   # a one-minute smoke run (the tests run it)
     python -m benchmarks.run --only data_path overhead
 
@@ -9,9 +9,9 @@ Run from the repository root (benchmarks/ is not installed with the package).
 Cases: overhead (tune_hw vs a bare PyTorch loop), data_path (tune_hw's batching vs
 DataLoader), search_efficiency (ASHA + Optuna vs FIFO + random vs plain Optuna), scaling
 (1 vs 2 concurrent trials, memory), snapshot (Tune's experiment snapshots at 1,000 short
-trials, against per-epoch Tune checkpoints). Variants run interleaved with repeats; medians
-and min-max are reported with the machine's load, because a shared machine makes every timing
-noisy.
+trials, against per-epoch Tune checkpoints), fusion (K stacked members vs one model at a
+time). Variants run interleaved with repeats; medians and min-max are reported with the
+machine's load, because a shared machine makes every timing noisy.
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import datapath, efficiency, overhead, scaling, snapshot, table
+from benchmarks import datapath, efficiency, fusion, overhead, scaling, snapshot, table
 from benchmarks.common import TORCH_THREADS, log, ray_worker_niceness, start_peer, warm_up
 from benchmarks.machine import REPO, Monitor, load_average, machine_info, versions
 
-CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot")
+CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot", "fusion")
+NO_RAY = ("data_path", "fusion")  # cases that train in this process, before Ray starts
 HERE = Path(__file__).resolve().parent
 
 
@@ -85,14 +86,16 @@ def start_ray() -> float:
 
 
 def run_cases(args: argparse.Namespace, storage: Path, monitor: Monitor) -> dict[str, Any]:
-    """Data path first (no Ray running), then Ray once for the three Ray cases."""
+    """Data path and fusion first (no Ray running), then Ray once for the three Ray cases."""
     profile = "quick" if args.quick else "full"
     meta: dict[str, Any] = {"one_time": one_time_costs(args.quick, storage)}
     warm_up()
     cases: dict[str, Any] = {}
     if "data_path" in args.only:
         cases["data_path"] = datapath.run(profile)
-    ray_cases = [c for c in CASES if c in args.only and c != "data_path"]
+    if "fusion" in args.only:
+        cases["fusion"] = fusion.run(profile)
+    ray_cases = [c for c in CASES if c in args.only and c not in NO_RAY]
     if ray_cases:
         import ray
 

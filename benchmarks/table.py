@@ -48,6 +48,8 @@ def render(report: dict[str, Any]) -> str:
         parts.append(scaling(cases["scaling"]))
     if "snapshot" in cases:
         parts.append(snapshot(cases["snapshot"]))
+    if "fusion" in cases:
+        parts.append(fusion(cases["fusion"]))
     return "\n".join(parts)
 
 
@@ -57,7 +59,7 @@ def header(meta: dict[str, Any]) -> str:
     loaded = (other or 0) > BUSY_CORES or ((meta["load_average_start"] or [0])[0] > 0.5)
     lines = [
         "# tune_hw benchmarks", "",
-        f"Regenerate with `{meta['command']}` from the repository root (about 10 minutes on "
+        f"Regenerate with `{meta['command']}` from the repository root (about 20 minutes on "
         "an idle 2-core machine); every figure below, and every single repeat, is in "
         "`results.json` beside this file.", "",
         f"- **Machine:** {machine['cpu']}, {machine['cores']} cores, "
@@ -121,6 +123,13 @@ def summary(cases: dict[str, Any]) -> str:
                      f"against {cell(before['wall_s'], 0)} s, {cell(before['forced'], 0)} forced "
                      f"and {percent(before['snapshot_share'])} with per-epoch Tune checkpoints "
                      f"({times(snap['speedup'])}).")
+    if "fusion" in cases:
+        best = {key: max((r for r in entry["steps_per_cpu_s_ratio"].values() if r), default=None)
+                for key, entry in cases["fusion"]["cells"].items()}
+        lines.append("- **Fusion:** best per-member speed-up of K fused members over one model "
+                     "at a time (steps per CPU-second): "
+                     + ", ".join(f"{times(r)} for {key.replace('/', ' at batch ')}"
+                                 for key, r in best.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -279,4 +288,37 @@ def snapshot(case: dict[str, Any]) -> str:
                      f"{cell(v['forced'], 0)} | {cell(v['snapshot_s'])} | "
                      f"{percent(v['snapshot_share'])} |")
     lines += ["", f"Speed-up of the whole search: {times(case['speedup'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def fusion(case: dict[str, Any]) -> str:
+    members = sorted({int(k) for e in case["cells"].values() for k in e["steps_per_s_ratio"]})
+    lines = [
+        "## 6. Fusion: K stacked members vs one model at a time", "",
+        "Training steps per second per member: `fused.FusedGroup.train_epoch` on K members "
+        "(own seeds and learning rates) over one `trainable.train_one_epoch` model, one torch "
+        f"thread, {case['repeats']} interleaved repeats. `mlp`: lr_batch's MLP (width 64, "
+        "depth 6, SGD + momentum) on countries, `mlp_bn` with BatchNorm (no batch 1: "
+        "BatchNorm cannot train on one row), `cnn`: the architectures study's CNN (kernel 3, "
+        "32 channels, depth 3, Adam) on 8x8 digits. Cells: speed-up per CPU-second (per wall "
+        "second in brackets); `useful K` is what `fused.fusion_pays` derives from such a row.",
+        "", "| model / batch | single steps/s | "
+        + " | ".join(f"K = {k}" for k in members) + " | useful K |",
+        "|---|---|" + "---|" * len(members) + "---|"]
+    for key, entry in case["cells"].items():
+        per_cpu, per_wall = entry["steps_per_cpu_s_ratio"], entry["steps_per_s_ratio"]
+        ratios = " | ".join(f"{times(per_cpu.get(str(k)))} ({times(per_wall.get(str(k)))})"
+                            for k in members)
+        lines.append(f"| {key.replace('/', ' / ')} | "
+                     f"{cell(entry['steps_per_cpu_s']['single'], 0)} | {ratios} | "
+                     f"{case['useful_members'][key]} |")
+    lines += ["", "Mechanism: forward + backward of the same K models, grouped operations "
+              "(tune_hw.stacked: batched matmul, grouped convolution, BatchNorm over K x C "
+              "channels) vs torch.func (`stack_module_state` + `functional_call` + `vmap`), "
+              "steps per CPU-second:", "",
+              "| model / batch / K | grouped | vmap | grouped ÷ vmap |", "|---|---|---|---|"]
+    for key, entry in case["mechanism"].items():
+        rates = entry["steps_per_cpu_s"]
+        lines.append(f"| {key.replace('/', ' / ')} | {cell(rates['grouped'], 0)} | "
+                     f"{cell(rates['vmap'], 0)} | {times(entry['grouped_vs_vmap'])} |")
     return "\n".join(lines) + "\n"

@@ -10,9 +10,9 @@ import math
 
 import pytest
 
-CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot")
+CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot", "fusion")
 HEADINGS = ("## 1. Overhead", "## 2. Data path", "## 3. Search efficiency", "## 4. Scaling",
-            "## 5. Snapshots")
+            "## 5. Snapshots", "## 6. Fusion")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,20 @@ def test_figures_are_sane(quick_bench):
     # one; per-epoch checkpoints with num_to_keep=2 force them while trials run
     assert snap["tune_hw"]["forced"]["median"] <= 1
     assert snap["tune_checkpoints"]["forced"]["median"] > snap["tune_hw"]["forced"]["median"]
+    fusion = cases["fusion"]
+    assert set(fusion["cells"]) == {"mlp/1", "mlp/16", "mlp_bn/16", "cnn/1", "cnn/16"}
+    for entry in fusion["cells"].values():
+        assert set(entry["steps_per_cpu_s_ratio"]) == {"1", "4"}
+        assert all(r > 0 for r in entry["steps_per_cpu_s_ratio"].values())
+    assert all(e["grouped_vs_vmap"] > 0 for e in fusion["mechanism"].values())
+
+
+def test_useful_members_is_the_largest_k_near_the_best_gain():
+    from benchmarks.fusion import useful_members
+
+    assert useful_members({"1": 1.3, "4": 3.0, "16": 6.0, "64": 5.6}) == 64
+    assert useful_members({"1": 1.1, "4": 2.0, "16": 2.6, "64": 1.9}) == 16
+    assert useful_members({"1": 1.0, "4": 1.1, "16": 0.9, "64": 0.5}) == 0
 
 
 def test_split_overhead_separates_per_search_and_per_trial():

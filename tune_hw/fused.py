@@ -1,0 +1,301 @@
+"""Fused trials: K configs of one architecture trained as one stacked computation.
+
+Members share everything that shapes the computation (`structure_key`) and differ in `lr`,
+`momentum`, `weight_decay` and `seed`. Each member is built exactly as `trainable.run_trial`
+builds its trial (seeded model, torch.optim optimizer, its own batch-order generator), then
+stacked (`stacked.StackedNet`), so its curve is the unfused trial's to float tolerance.
+
+    group = build_group(configs, splits, device)        # or states=[...] to resume
+    stats = group.train_epoch(splits.train, batch_size)  # {member id: trainable.EpochStats}
+    metrics = group.epoch_metrics(splits)                # {member id: dict | None}
+    group.member_state(i)                                # run_trial's checkpoint format
+    group.keep([ids])                                    # stopped/diverged members leave
+
+`run_group(configs, report)` is `run_trial` for a group: one metric row and state per member
+and epoch, through `report(member, metrics, state)`, which returns False to stop that member.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tune_hw import data, models, trainable
+from tune_hw.fused_optim import StackedOptimizer
+from tune_hw.stacked import StackedNet
+
+MEMBER_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "train.seed")
+FUSABLE_MODELS = ("mlp", "cnn")
+EVAL_ROWS = 4096  # rows x members per evaluation chunk (trainable.evaluate's 4096 at K = 1)
+
+MemberReporter = Callable[[int, dict[str, Any], dict[str, Any]], "bool | None"]
+
+# The largest useful group per architecture and batch size (0: do not fuse), from
+# benchmarks/fusion.py: steps per CPU-second per member, K fused over one model at a time, one
+# torch thread, 2 interleaved repeats, on 2 shared Xeon cores at load average 11 (2026-12-02):
+#   mlp (lr_batch's, SGD)  batch 1:    K=4 3.3x  K=16 5.5x  K=64 6.1x
+#                          batch 16:       2.9x       4.5x       4.6x
+#                          batch 128:      2.2x       2.1x       1.6x
+#                          batch 1024:     1.2x       1.2x       1.0x
+#   mlp + BatchNorm        batch 16:       2.9x       5.0x       5.5x
+#                          batch 128:      1.8x       2.0x       1.9x
+#                          batch 1024:     1.0x       0.8x       0.7x   (fusion loses)
+#   cnn (architectures')   batch 1:        1.8x       3.1x       3.5x
+#                          batch 16:       1.6x       1.9x       1.9x
+#                          batch 128:      1.1x       1.1x       0.6x   (loses at K = 64)
+#                          batch 1024:     0.7x       0.5x       0.5x   (fusion loses)
+# A row's K is the largest within 10 % of its best gain, when that gain is >= 1.2x
+# (benchmarks.fusion.useful_members); mlp takes the lower of its two rows (a study may use
+# BatchNorm), and a batch size between two measured ones takes the larger one's row: the gain
+# only falls as the batch grows. Small steps are bound by per-step overhead, which fusion pays
+# once for K; large ones by arithmetic and memory traffic, which it cannot share. CUDA is not
+# measured yet (no GPU here): it uses the CPU figures, which are conservative for launch-bound
+# GPU steps.
+FUSION_PAYS = {"mlp": {1: 64, 16: 64, 128: 16, 1024: 0}, "cnn": {1: 64, 16: 64, 128: 0, 1024: 0}}
+
+
+def structure_key(config: dict[str, Any]) -> str:
+    """What members of one group must share: the config without the per-member keys."""
+    dataset, hp, train = trainable.split_config(config)
+    train = {k: v for k, v in train.items() if f"train.{k}" not in MEMBER_KEYS}
+    return repr(sorted({"dataset": dataset, "model": hp, "train": train}.items()))
+
+
+def fusion_pays(arch: str, batch_size: int, device: str = "cpu") -> int:
+    """The largest group worth fusing for model `arch` at `batch_size`; 0: train unfused."""
+    del device  # one table until a GPU run measures its own (see FUSION_PAYS)
+    rows = FUSION_PAYS.get(arch, {})
+    measured = [b for b in sorted(rows) if b >= batch_size]
+    return rows[measured[0]] if measured else 0
+
+
+def build_member(config: dict[str, Any], splits: data.Splits, device: str,
+                 state: dict[str, Any] | None = None):
+    """(model, optimizer, generator) exactly as run_trial builds and resumes them."""
+    _, hp, train = trainable.split_config(config)
+    torch.manual_seed(train["seed"])
+    model = models.build(hp.pop("name"), splits.in_shape, splits.num_classes, **hp).to(device)
+    optimizer = trainable.build_optimizer(model, train)
+    generator = torch.Generator().manual_seed(train["seed"])
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    return model, optimizer, generator
+
+
+class FusedGroup:
+    """Stacked members with stable ids: network, optimizer, one generator each."""
+
+    def __init__(self, net: StackedNet, optimizer: StackedOptimizer,
+                 generators: list[torch.Generator], ids: list[int]):
+        self.net, self.optimizer, self.generators, self.ids = net, optimizer, generators, ids
+
+    @classmethod
+    def from_members(cls, members: Sequence[tuple], ids: Sequence[int] | None = None
+                     ) -> FusedGroup:
+        """Stack ordinary (model, torch.optim optimizer, generator) triples, state and all."""
+        net = StackedNet.from_modules([model for model, _, _ in members])
+        optimizer = StackedOptimizer.from_torch(net, [(m, opt) for m, opt, _ in members])
+        return cls(net, optimizer, [g for _, _, g in members],
+                   list(ids) if ids is not None else list(range(len(members))))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.net.flat.device
+
+    def keep(self, ids: Sequence[int]) -> None:
+        """Keep only these members (stopped or diverged ones leave: their compute stops)."""
+        positions = [self.ids.index(i) for i in ids]
+        index = torch.tensor(positions, dtype=torch.long)
+        self.net.keep(index)
+        self.optimizer.keep(index)
+        self.generators = [self.generators[p] for p in positions]
+        self.ids = list(ids)
+
+    def member_state(self, member: int) -> dict[str, Any]:
+        """Member's state in run_trial's checkpoint format (model, optimizer, generator)."""
+        k = self.ids.index(member)
+        return {"model": self.net.member_state_dict(k),
+                "optimizer": self.optimizer.member_state_dict(k),
+                "generator": self.generators[k].get_state()}
+
+    def train_epoch(self, split: data.Split, batch_size: int,
+                    grad_sums: torch.Tensor | None = None) -> dict[int, trainable.EpochStats]:
+        """One pass per member over its own shuffle of `split`, as trainable.train_one_epoch.
+
+        `grad_sums` (layers x K) accumulates each tracked weight's gradient norm per step.
+        """
+        self.net.train()
+        n, members = len(split), len(self)
+        orders = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
+        orders = orders.to(split.x.device)
+        losses = torch.empty(math.ceil(n / batch_size), members, device=split.x.device)
+        stopped_at = [0] * members  # the step count where a check found a non-finite loss
+        with warnings.catch_warnings():  # row views of the (K, P) buffer are strided on purpose
+            warnings.filterwarnings("ignore", message="grad and param do not obey")
+            losses = self._steps(split, batch_size, orders, losses, stopped_at, grad_sums)
+        return self._epoch_stats(losses, stopped_at)
+
+    def _steps(self, split: data.Split, batch_size: int, orders: torch.Tensor,
+               losses: torch.Tensor, stopped_at: list[int], grad_sums: torch.Tensor | None
+               ) -> torch.Tensor:
+        """The epoch's steps; the per-step losses actually run (K columns)."""
+        for step in range(len(losses)):
+            idx = orders[:, step * batch_size:(step + 1) * batch_size]
+            member_losses = self.batch_losses(split.x[idx], split.y[idx])
+            self.net.grad.zero_()
+            member_losses.sum().backward()  # member k's gradient is that of its own loss only
+            if grad_sums is not None:
+                grad_sums += self.net.grad_norms()
+            self.optimizer.step()
+            losses[step] = member_losses.detach()
+            if step % trainable.NAN_CHECK_EVERY == trainable.NAN_CHECK_EVERY - 1:
+                if self._note_non_finite(member_losses, stopped_at, step + 1):
+                    return losses[:step + 1]  # every member diverged: nothing left to train
+        return losses
+
+    def batch_losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy per member (K) of a batch per member (x: K x B x ...)."""
+        logits = self.net(x)
+        per_row = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        return per_row.view(y.shape).mean(1)
+
+    @staticmethod
+    def _note_non_finite(member_losses: torch.Tensor, stopped_at: list[int], steps: int) -> bool:
+        """Record members whose loss is not finite at a check (one sync); True if all are."""
+        for k, finite in enumerate(torch.isfinite(member_losses).tolist()):
+            if not finite and not stopped_at[k]:
+                stopped_at[k] = steps
+        return all(stopped_at)
+
+    def _epoch_stats(self, losses: torch.Tensor, stopped_at: list[int]
+                     ) -> dict[int, trainable.EpochStats]:
+        steps = len(losses)
+        finite = torch.isfinite(losses).all(0).tolist()
+        means = losses.mean(0).tolist()
+        stds = losses.std(0).tolist() if steps > 1 else [0.0] * len(self)
+        out = {}
+        for k, member in enumerate(self.ids):
+            if stopped_at[k]:  # where train_one_epoch would have returned
+                out[member] = trainable.EpochStats(math.nan, math.nan, stopped_at[k], False)
+            else:
+                out[member] = trainable.EpochStats(means[k], stds[k], steps, finite[k])
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, split: data.Split) -> tuple[list[float], list[float]]:
+        """Mean cross-entropy and accuracy per member in eval mode, as trainable.evaluate."""
+        self.net.eval()
+        members = len(self)
+        loss_sum = torch.zeros(members, device=split.x.device)
+        correct = torch.zeros(members, dtype=torch.long, device=split.x.device)
+        chunk = max(1, EVAL_ROWS // members)
+        for start in range(0, len(split), chunk):
+            x, target = split.x[start:start + chunk], split.y[start:start + chunk]
+            logits = self.net(x.unsqueeze(0).expand(members, *x.shape))
+            per_row = F.cross_entropy(logits.flatten(0, 1), target.repeat(members),
+                                      reduction="none")
+            loss_sum += per_row.view(members, -1).sum(1)
+            correct += (logits.argmax(-1) == target).sum(1)
+        return ([s / len(split) for s in loss_sum.tolist()],
+                [c / len(split) for c in correct.tolist()])
+
+    def epoch_metrics(self, splits: data.Splits) -> dict[int, dict[str, float] | None]:
+        """trainable.epoch_metrics per member: None where any value is not finite."""
+        rows = trainable.TRAIN_EVAL_ROWS
+        train_subset = data.Split(splits.train.x[:rows], splits.train.y[:rows])
+        metrics: dict[int, dict[str, float]] = {member: {} for member in self.ids}
+        for name, split in (("train", train_subset), ("val", splits.val), ("test", splits.test)):
+            losses, accs = self.evaluate(split)
+            for member, loss, acc in zip(self.ids, losses, accs, strict=True):
+                metrics[member][f"{name}_loss"], metrics[member][f"{name}_acc"] = loss, acc
+        return {member: m if all(math.isfinite(v) for v in m.values()) else None
+                for member, m in metrics.items()}
+
+
+def build_group(configs: Sequence[dict[str, Any]], splits: data.Splits, device: str = "cpu",
+                states: Sequence[dict[str, Any] | None] | None = None,
+                ids: Sequence[int] | None = None) -> FusedGroup:
+    """A group from flat trial configs of one structure; `states` resume members (or None)."""
+    keys = {structure_key(config) for config in configs}
+    if len(keys) != 1:
+        raise ValueError("fused members must share everything but "
+                         f"{', '.join(MEMBER_KEYS)}: got {len(keys)} different structures")
+    states = states if states is not None else [None] * len(configs)
+    members = [build_member(config, splits, device, state)
+               for config, state in zip(configs, states, strict=True)]
+    return FusedGroup.from_members(members, ids)
+
+
+def _member_row(epoch: int, stats: trainable.EpochStats, measured: dict[str, float] | None,
+                lr: float, timing: dict[str, float], fixed: dict[str, Any]) -> dict[str, Any]:
+    """run_trial's metric row for one member; epoch_s and samples_per_s are the group's."""
+    diverged = measured is None
+    return {
+        "epoch": epoch, "steps": stats.steps,
+        **(trainable.DIVERGED_METRICS if diverged else measured), "lr": lr, **timing,
+        "step_loss_std": math.nan if diverged else stats.loss_std,
+        "step_loss_mean": stats.loss, "diverged": diverged, **fixed,
+    }
+
+
+def start_epoch(states: Sequence[dict[str, Any] | None] | None) -> int:
+    """The epoch a group resumes at: every member's state must be from the same epoch."""
+    if not states or all(state is None for state in states):
+        return 1
+    epochs = {state["epoch"] if state is not None else 0 for state in states}
+    if len(epochs) != 1:
+        raise ValueError(f"a resumed group's members must share one epoch, got {sorted(epochs)}")
+    return epochs.pop() + 1
+
+
+def run_group(configs: Sequence[dict[str, Any]], report: MemberReporter,
+              states: Sequence[dict[str, Any] | None] | None = None, device: str = "cpu",
+              context: dict[str, Any] | None = None) -> None:
+    """`trainable.run_trial` for K configs of one structure, trained as one stacked group.
+
+    `report(member, metrics, state)` gets member `i` (its index in `configs`) every epoch, with
+    run_trial's metrics and checkpoint state; returning False stops that member. A member
+    whose loss or metrics turn non-finite reports `diverged=True` and leaves; the rest go on.
+    """
+    dataset, _, train = trainable.split_config(configs[0])
+    splits = trainable.load_splits(dataset, device)
+    group = build_group(configs, splits, device, states)
+    trains = [trainable.split_config(config)[2] for config in configs]
+    layers = [name for name, _ in trainable._linear_weights(group.net.template)]
+    for epoch in range(start_epoch(states), train["epochs"] + 1):
+        if not len(group):
+            return
+        grad_sums = (torch.zeros(len(layers), len(group), device=device)
+                     if train["track_grads"] else None)
+        started = time.perf_counter()
+        stats = group.train_epoch(splits.train, train["batch_size"], grad_sums)
+        train_s = time.perf_counter() - started
+        measured = group.epoch_metrics(splits)
+        timing = {"epoch_s": time.perf_counter() - started,
+                  "samples_per_s": len(splits.train) / train_s if train_s > 0 else math.nan}
+        stay = []
+        for k, member in enumerate(group.ids):
+            result = measured[member] if stats[member].finite else None
+            fixed = {"num_params": group.net.layout.size, "seed": trains[member]["seed"],
+                     **(context or {})}
+            metrics = _member_row(epoch, stats[member], result, trains[member]["lr"], timing,
+                                  fixed)
+            if grad_sums is not None and result is not None:
+                metrics["grad_layers"] = layers
+                metrics["grad_norms"] = (grad_sums[:, k] / stats[member].steps).tolist()
+            keep_going = report(member, metrics, {**group.member_state(member), "epoch": epoch})
+            if result is not None and keep_going is not False:
+                stay.append(member)
+        if stay != group.ids:
+            group.keep(stay)
