@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.common import STUDY, field, interleave, load_run, log, run_search, search_argv
 from tune_hw import spaces, trainable
-from tune_hw.results import Ranking
+from tune_hw.ranking import Ranking
 
 TOLERANCE = 0.005  # 0.5 accuracy points
 VARIANTS = {"fifo_random": {"search.algorithm": "random", "scheduler.name": "fifo"},

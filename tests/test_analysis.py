@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import norm
 
 from tune_hw import analysis as A
-from tune_hw.results import Ranking
+from tune_hw.ranking import Ranking
 
 
 def table(val, test=None, **columns):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from tune_hw import results, trainable
+from tune_hw import layout, ranking, trainable
 from tune_hw.results import EPOCH_COLUMNS
 
 
@@ -106,8 +106,8 @@ def metrics_row(epoch, val_acc, val_loss, diverged=False):
     return {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "diverged": diverged}
 
 
-@pytest.mark.parametrize("ranking, best", [(results.Ranking(), 2),
-                                           (results.Ranking("val_loss", "min"), 3)])
+@pytest.mark.parametrize("ranking, best", [(ranking.Ranking(), 2),
+                                           (ranking.Ranking("val_loss", "min"), 3)])
 def test_trial_states_keep_the_best_epoch_by_the_studys_ranking(tmp_path, ranking, best):
     states = trainable.TrialStates(tmp_path, ranking)
     rows = [metrics_row(1, 0.5, 1.0), metrics_row(2, 0.7, 0.9), metrics_row(3, 0.6, 0.85),
@@ -116,7 +116,7 @@ def test_trial_states_keep_the_best_epoch_by_the_studys_ranking(tmp_path, rankin
     for row in rows:
         states.keep_if_best(row, {"epoch": row["epoch"], "w": torch.tensor(float(row["epoch"]))})
         states.keep_latest({"epoch": row["epoch"]})
-    saved = torch.load(tmp_path / results.BEST_STATE_FILE, weights_only=True)
+    saved = torch.load(tmp_path / layout.BEST_STATE_FILE, weights_only=True)
     assert saved["epoch"] == best and saved["w"].item() == best
     again = trainable.TrialStates(tmp_path, ranking)
     assert again.latest() == {"epoch": 5} and again.best["epoch"] == best  # survives a restart
@@ -124,11 +124,11 @@ def test_trial_states_keep_the_best_epoch_by_the_studys_ranking(tmp_path, rankin
 
 
 def test_a_resumed_trial_continues_from_its_latest_state_on_the_cpu(tmp_path, tiny_countries):
-    states = trainable.TrialStates(tmp_path, results.Ranking())
+    states = trainable.TrialStates(tmp_path, ranking.Ranking())
     full, _ = collect(tiny_countries)
     trainable.run_trial({**tiny_countries, "train.epochs": 1},
                         lambda m, s: (states.keep_if_best(m, s), states.keep_latest(s)))
-    state = trainable.TrialStates(tmp_path, results.Ranking()).latest()
+    state = trainable.TrialStates(tmp_path, ranking.Ranking()).latest()
     assert state["generator"].device.type == "cpu" and state["epoch"] == 1
     resumed, _ = collect(tiny_countries, state)
     assert [r["epoch"] for r in resumed] == [2, 3]

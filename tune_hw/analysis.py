@@ -11,7 +11,7 @@ Conventions used throughout:
   failed, pending) has none: it is left out of every statistic and counted apart
   (`left_out`);
 - the *validation winner* and every "best" is the first scored trial by the study's ranking,
-  `results.Ranking` (its search.metric and mode, one tie-break), the same ranking the search
+  `ranking.Ranking` (its search.metric and mode, one tie-break), the same ranking the search
   prints and `weights: run:` transfers from;
 - the *trial index* is the row order of trials.parquet.
 """
@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from tune_hw.limits import LOWER_LIMITS
-from tune_hw.results import DEFAULT_RANKING, STATUSES, TRIAL_SUMMARY_COLUMNS, Ranking
+from tune_hw.ranking import DEFAULT_RANKING, Ranking
+from tune_hw.results import STATUSES, TRIAL_SUMMARY_COLUMNS
 
 # Gap labels (train − val accuracy at the best epoch), in the order they are tested:
 #   diverged  the trial's status is `diverged` (its loss went NaN/inf) or it never had a

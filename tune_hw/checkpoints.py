@@ -6,7 +6,7 @@
 The storage root is $TUNE_HW_STORAGE, else ./runs of the directory the search started in.
 
 The best trial is the run's best neural trial by the run's own ranking (its study's
-search.metric and mode: results.Ranking, as the search and the report rank); its weights are
+search.metric and mode: ranking.Ranking, as the search and the report rank); its weights are
 the state that trial saved at its best epoch by the same ranking (best.pt). A missing run
 named `full` or `quick` of a study in search_spaces/ is created first by running that study
 (`quick` with its quick profile), so `python -m tune_hw.search transfer --quick` works on a
@@ -23,10 +23,18 @@ from pathlib import Path
 from tune_hw import layout, results
 from tune_hw.baselines import TREE_MODELS
 from tune_hw.errors import UserError
-from tune_hw.results import BEST_STATE_FILE, TRIALS_FILE, Ranking, read_study, trial_dir_name
+from tune_hw.layout import (
+    BEST_STATE_FILE,
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    STUDY_DIR,
+    TRIALS_FILE,
+    trial_dir_name,
+)
+from tune_hw.ranking import Ranking
+from tune_hw.results import read_study
 
 AUTO_RUNS = {"full": [], "quick": ["--quick"]}  # missing runs created on demand, their flags
-STORAGE_ENV = "TUNE_HW_STORAGE"  # the storage root of relative references, driver and workers
 
 
 def storage_root() -> Path:
@@ -36,7 +44,7 @@ def storage_root() -> Path:
     """
     if os.environ.get(STORAGE_ENV):
         return Path(os.environ[STORAGE_ENV]).expanduser()
-    return Path(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd())) / "runs"
+    return Path(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd())) / DEFAULT_STORAGE
 
 
 def run_directory(ref: str) -> Path:
@@ -74,8 +82,6 @@ def best_run_checkpoint(ref: str) -> Path:
 
 def ensure_run(ref: str, run_dir: Path) -> None:
     """Create a missing relative run by running its study once, or say how to get one."""
-    from tune_hw.spaces import STUDY_DIR
-
     study, run_name = (Path(ref).parts + ("", ""))[:2]
     known = not Path(ref).is_absolute() and (STUDY_DIR / f"{study}.yaml").is_file()
     if not known or run_name not in AUTO_RUNS:

@@ -30,18 +30,9 @@ import pandas as pd
 from tune_hw import analysis as A
 from tune_hw import layout
 from tune_hw.errors import ArgumentParser, UserError
-from tune_hw.results import (
-    EPOCH_COLUMNS,
-    GRAD_COLUMNS,
-    STUDY_FILE,
-    TRIALS_FILE,
-    Ranking,
-    Run,
-    build_tables,
-    load_run,
-    read_ray_trials,
-    read_study,
-)
+from tune_hw.ranking import Ranking
+from tune_hw.ray_files import read_run
+from tune_hw.results import EPOCH_COLUMNS, GRAD_COLUMNS, Run
 
 DEFAULT_OUT = Path("reports")
 MAX_BOOTSTRAP = 100_000  # 1e5 resamples of every trial's two accuracies: seconds, not GiBs
@@ -86,31 +77,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------ reading
-
-def read_run(run_dir: Path) -> Run:
-    """The run's tables; a still-running search (study.yaml, no trials.parquet) via Ray."""
-    if not run_dir.exists():
-        raise UserError(f"{run_dir} does not exist: pass a run directory such as "
-                        "runs/<study>/<run_name>")
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a run directory: pass the directory that "
-                        f"holds {TRIALS_FILE}, e.g. runs/<study>/<run_name>")
-    if (run_dir / TRIALS_FILE).is_file() or not (run_dir / STUDY_FILE).is_file():
-        return load_run(run_dir)  # its own UserError when this is not a run at all
-    return live_run(run_dir)
-
-
-def live_run(run_dir: Path) -> Run:
-    """Read a search that has not written its parquet files yet from Ray's text files (the
-    directory may come from anyone: nothing in it is unpickled)."""
-    records = read_ray_trials(run_dir)
-    if not records:
-        raise UserError(f"{run_dir} has no trial results yet (the search has only just "
-                        "started): run the report again once a trial has reported")
-    study = read_study(run_dir)
-    trials, epochs, grads = build_tables(records, Ranking.of(study))
-    return Run(run_dir, trials, epochs, grads, study)
-
 
 def default_out(run: Run) -> Path:
     """reports/<study>/<run_name>: the study's name only when it is a plain name (study.yaml

@@ -26,12 +26,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tune_hw import layout, results, spaces, strict_yaml
-from tune_hw.checkpoints import STORAGE_ENV
+from tune_hw import layout, ray_files, results, spaces, strict_yaml
 from tune_hw.errors import ArgumentParser, UserError
+from tune_hw.layout import DEFAULT_STORAGE, STORAGE_ENV
 from tune_hw.spaces import Study
 
-DEFAULT_STORAGE = "runs"
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode
 
 
@@ -375,7 +374,7 @@ def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None
 
 
 def _trial_name(trial: Any) -> str:
-    return results.trial_dir_name(trial.trial_id)
+    return layout.trial_dir_name(trial.trial_id)
 
 
 def print_best(run: results.Run, study: Study) -> None:
@@ -454,7 +453,7 @@ def check_trusted(run_dir: Path, storage: Path) -> None:
 def check_restorable(run_dir: Path) -> None:
     """Refuse a damaged run before Ray reads it: Ray would log a traceback, start the
     experiment over, and the new trials alone would replace the old results."""
-    if results.read_experiment_state(run_dir) is None:  # its own error when damaged
+    if ray_files.read_experiment_state(run_dir) is None:  # its own error when damaged
         raise UserError(f"nothing to resume: run {run_dir.name!r} in {run_dir.parent} has no "
                         f"Ray experiment state ({layout.EXPERIMENT_STATE}); start it again "
                         "under a new --name")
@@ -503,7 +502,7 @@ def resume_command(argv: list[str], run_name: str) -> str:
 def write_results(run_dir: Path, resolved: dict[str, Any], study: Study) -> int:
     """Write the parquet files from what Ray stored; the exit code: 0, 130 when the search was
     interrupted, 1 when it ran but no trial produced a result."""
-    records = results.read_ray_trials(run_dir)
+    records = ray_files.read_ray_trials(run_dir)
     run = results.write_run(run_dir, records, resolved)
     if was_interrupted(records, study):
         return 130

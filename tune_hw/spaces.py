@@ -11,23 +11,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune_hw import data, models, results, strict_yaml
+from tune_hw import data, models, strict_yaml
 from tune_hw.errors import UserError
+from tune_hw.layout import STUDY_DIR
 from tune_hw.limits import LOWER_LIMITS
+from tune_hw.ranking import VALIDATION_METRICS, Ranking
 from tune_hw.trainable import OPTIMIZERS, TRAIN_DEFAULTS
 
-STUDY_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 SECTIONS = ("dataset", "model", "train")
 TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
             "quick"}
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
-SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": results.Ranking.metric,
-                   "mode": results.Ranking.mode, "max_concurrent": 0}
+SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": Ranking.metric,
+                   "mode": Ranking.mode, "max_concurrent": 0}
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1.0, "gpu": 0.0}  # floats: fractions share a GPU (gpu: 0.25)
 FAILURE_DEFAULTS = {"max_failures": 2}
 ALGORITHMS, SCHEDULERS, MODES = ("optuna", "random", "grid"), ("asha", "fifo"), ("max", "min")
-METRICS = tuple(results.VALIDATION_METRICS)  # never test_*: the test split feeds no choice
+METRICS = tuple(VALIDATION_METRICS)  # never test_*: the test split feeds no choice
 
 
 @dataclass
@@ -48,9 +49,9 @@ class Study:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def ranking(self) -> results.Ranking:
+    def ranking(self) -> Ranking:
         """How this study ranks epochs and trials (its search.metric and mode)."""
-        return results.Ranking(self.search["metric"], self.search["mode"])
+        return Ranking(self.search["metric"], self.search["mode"])
 
     def resolved(self) -> dict[str, Any]:
         """The study as it runs, for `study.yaml` in the run directory."""

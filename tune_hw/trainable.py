@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,13 +22,9 @@ from torch import nn
 
 from tune_hw import baselines, data, models
 from tune_hw.errors import UserError
-from tune_hw.results import (
-    BEST_STATE_FILE,
-    LATEST_STATE_FILE,
-    VALIDATION_METRICS,
-    Ranking,
-    trial_dir_name,
-)
+from tune_hw.layout import BEST_STATE_FILE, LATEST_STATE_FILE, MARKER_FILE, trial_dir_name
+from tune_hw.ranking import VALIDATION_METRICS, Ranking
+from tune_hw.results import atomic_write
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 10, "optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
@@ -246,9 +241,7 @@ class TrialStates:
 
     def _save(self, name: str, state: dict[str, Any]) -> None:
         self.trial_dir.mkdir(parents=True, exist_ok=True)
-        partial = self.trial_dir / f".{name}.partial"
-        torch.save(state, partial)
-        os.replace(partial, self.trial_dir / name)  # a crash mid-write keeps the old file
+        atomic_write(self.trial_dir / name, lambda tmp: torch.save(state, tmp))
 
 
 def _ray_context() -> tuple[str, dict[str, Any]]:
@@ -278,7 +271,7 @@ def _report_with_marker(metrics: dict[str, Any]) -> None:
     from ray import tune
 
     with tempfile.TemporaryDirectory() as directory:
-        Path(directory, "MARKER.txt").write_text(f"the state is in {LATEST_STATE_FILE}\n")
+        Path(directory, MARKER_FILE).write_text(f"the state is in {LATEST_STATE_FILE}\n")
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
