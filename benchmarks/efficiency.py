@@ -87,8 +87,11 @@ def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any
     trial_s: list[float] = []
     started, cpu = time.perf_counter(), time.process_time()
 
+    # each searched key as Optuna's distribution (the study's one translation to Optuna)
+    distributions = {key: dist.to_optuna() for key, dist in study.distributions.items()}
+
     def objective(trial: optuna.Trial) -> float:
-        config = {**base, **{key: suggest(trial, key, spec) for key, spec in study.space.items()}}
+        config = {**base, **trial.params}
         last: dict[str, Any] = {}
         began = time.perf_counter()
 
@@ -109,7 +112,12 @@ def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any
         pruner=optuna.pruners.SuccessiveHalvingPruner(
             min_resource=study.scheduler["grace_period"],
             reduction_factor=study.scheduler["reduction_factor"]))
-    optimizer.optimize(objective, n_trials=budget)
+    for _ in range(budget):  # study.optimize, with the distributions given up front
+        trial = optimizer.ask(distributions)
+        try:
+            optimizer.tell(trial, objective(trial))
+        except optuna.TrialPruned:
+            optimizer.tell(trial, state=optuna.trial.TrialState.PRUNED)
     states = [t.state.name.lower() for t in optimizer.trials]
     return {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
             "curve": curve,
@@ -121,16 +129,6 @@ def flat_config(study: spaces.Study) -> dict[str, Any]:
     """The study's fixed values as the flat dotted config the trainable takes."""
     return {f"{section}.{key}": value for section in spaces.SECTIONS
             for key, value in getattr(study, section).items()}
-
-
-def suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
-    """One study distribution as an Optuna suggestion."""
-    kind, args = next(iter(spec.items()))
-    if kind in ("uniform", "loguniform"):
-        return trial.suggest_float(key, args[0], args[1], log=kind == "loguniform")
-    if kind == "int":
-        return trial.suggest_int(key, int(args[0]), int(args[1]))
-    return trial.suggest_categorical(key, list(args))
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:

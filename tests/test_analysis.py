@@ -9,6 +9,7 @@ import pytest
 from scipy.stats import norm
 
 from tune_hw import analysis as A
+from tune_hw.distributions import Distribution
 from tune_hw.ranking import Ranking
 
 
@@ -25,8 +26,8 @@ def table(val, test=None, **columns):
     return pd.DataFrame(base)
 
 
-LR = A.ParamSpec("train.lr", "loguniform", 1e-5, 1.0)
-BATCH = A.ParamSpec("train.batch_size", "choice", values=[1, 16, 128, 1024])
+LR = A.ParamSpec("train.lr", Distribution("loguniform", 1e-5, 1.0))
+BATCH = A.ParamSpec("train.batch_size", Distribution("choice", values=(1, 16, 128, 1024)))
 
 
 # ----------------------------------------------------------------------- val vs test
@@ -163,13 +164,13 @@ def test_varied_params_from_the_space_and_sections():
 
 @pytest.mark.parametrize("spec, value, side", [
     (LR, 0.9, "high"), (LR, 1e-5, "low"), (LR, 1.5e-5, "low"), (LR, 1e-3, None),
-    (A.ParamSpec("x", "uniform", 0.0, 1.0), 0.97, "high"),
-    (A.ParamSpec("x", "uniform", 0.0, 1.0), 0.5, None),
-    (A.ParamSpec("x", "int", 1, 100), 1, "low"),
+    (A.ParamSpec("x", Distribution("uniform", 0.0, 1.0)), 0.97, "high"),
+    (A.ParamSpec("x", Distribution("uniform", 0.0, 1.0)), 0.5, None),
+    (A.ParamSpec("x", Distribution("int", 1, 100)), 1, "low"),
     (BATCH, 1, "low"), (BATCH, 1024, "high"), (BATCH, 16, None),
-    (A.ParamSpec("x", "choice", values=[True, False]), True, None),
-    (A.ParamSpec("x", "choice", values=[32, 64]), 64, None),
-    (A.ParamSpec("x", "choice", values=["none", "batch", "layer"]), "none", None),
+    (A.ParamSpec("x", Distribution("choice", values=(True, False))), True, None),
+    (A.ParamSpec("x", Distribution("choice", values=(32, 64))), 64, None),
+    (A.ParamSpec("x", Distribution("choice", values=("none", "batch", "layer"))), "none", None),
 ])
 def test_bound_side(spec, value, side):
     assert A.bound_side(spec, value) == side
@@ -197,8 +198,8 @@ def test_group_table_compares_values_of_a_factor():
 def test_heatmap_of_two_discrete_params_takes_the_best_per_cell():
     t = table([0.5, 0.6, 0.7, 0.2], **{"model.width": [32, 32, 64, 64],
                                        "model.depth": [2, 2, 2, 8]})
-    width = A.ParamSpec("model.width", "grid", values=[32, 64])
-    depth = A.ParamSpec("model.depth", "grid", values=[2, 4, 8])
+    width = A.ParamSpec("model.width", Distribution("grid", values=(32, 64)))
+    depth = A.ParamSpec("model.depth", Distribution("grid", values=(2, 4, 8)))
     h = A.heatmap_table(t, width, depth)
     assert list(h.index) == [32, 64] and list(h.columns) == [2, 4, 8]
     assert h.loc[32, 2] == 0.6 and h.loc[64, 2] == 0.7 and h.loc[64, 8] == 0.2
@@ -250,8 +251,8 @@ def test_importance_handles_bools_and_strings():
     t = table([0.5, 0.6, 0.7, 0.8, 0.55, 0.65],
               **{"model.residual": [True, False, True, False, True, False],
                  "model.norm": ["none", "none", "batch", "batch", "none", "batch"]})
-    specs = [A.ParamSpec("model.residual", "grid", values=[True, False]),
-             A.ParamSpec("model.norm", "grid", values=["none", "batch"])]
+    specs = [A.ParamSpec("model.residual", Distribution("grid", values=(True, False))),
+             A.ParamSpec("model.norm", Distribution("grid", values=("none", "batch")))]
     values, _ = A.param_importance(t, specs)
     assert set(values) == {"model.residual", "model.norm"}
 
@@ -291,7 +292,7 @@ def test_grad_flow_by_group_at_the_first_epoch():
         "trial_id": ["t0"] * 4 + ["t1"] * 2 + ["t2"] * 2, "epoch": [1, 1, 2, 2, 1, 1, 1, 1],
         "layer": [0, 1, 0, 1, 0, 1, 0, 1], "name": ["a", "b"] * 4,
         "grad_norm": [1.0, 2.0, 50.0, 50.0, 3.0, 2.0, 1e-4, 1.0]})
-    spec = A.ParamSpec("model.residual", "grid", values=[True, False])
+    spec = A.ParamSpec("model.residual", Distribution("grid", values=(True, False)))
     groups = A.grad_groups(t, [spec])
     assert groups.to_dict() == {"t0": "residual=True", "t1": "residual=True",
                                 "t2": "residual=False"}
@@ -315,9 +316,9 @@ def test_best_vs_last():
 
 
 def test_mode_key():
-    mode = A.ParamSpec("train.mode", "grid", values=["finetune", "linear_probe", "scratch"])
+    mode = A.ParamSpec("train.mode", Distribution("grid", values=("finetune", "linear_probe", "scratch")))
     assert A.mode_key({"name": "anything"}, [LR, mode]) == "train.mode"
-    other = A.ParamSpec("model.init", "grid", values=["pretrained", "random"])
+    other = A.ParamSpec("model.init", Distribution("grid", values=("pretrained", "random")))
     assert A.mode_key({"name": "transfer"}, [LR, other]) == "model.init"
     assert A.mode_key({"name": "lr_batch"}, [LR, BATCH]) is None
 
@@ -389,7 +390,7 @@ def test_a_choice_has_edges_not_bounds_and_a_hard_limit_has_nothing_beyond():
 
 
 def test_a_range_at_a_hard_limit_is_not_asked_to_widen():
-    spec = A.ParamSpec("train.batch_size", "int", 1, 64)
+    spec = A.ParamSpec("train.batch_size", Distribution("int", 1, 64))
     effect = A.param_effect(table([0.9, 0.5], **{"train.batch_size": [1, 30]}), spec)
     assert "sits on the lower search bound (1), the smallest" in effect["warning"]
     assert "widen" not in effect["warning"]

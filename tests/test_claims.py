@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -229,8 +230,14 @@ def test_variant_labels_match_the_reports_labels():
     variants = [{"name": "cnn", "kernel_size": 3, "channels": 32}, {"residual": True,
                                                                      "norm": "batch"},
                 {"name": "resnet18", "mode": "finetune", "weights": "run:pretrain/full"}]
-    for v in variants:
-        assert claim_groups.variant_label(v) == analysis.variant_label(v)
+    study = {"model": {}, "space": {"model": {"grid": variants}}}
+    keys = sorted({k for v in variants for k in v})
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c"],
+                           **{f"config/model.{k}": [v.get(k) for v in variants] for k in keys}})
+    labelled = analysis.with_variants(trials, study)["config/model"].tolist()  # the report's
+    assert list(claim_groups.study_domains(study)["model"].values) == labelled
+    assert labelled == ["cnn kernel_size=3, channels=32", "residual=True, norm=batch",
+                        "resnet18 mode=finetune, weights=run:pretrain/full"]
 
 
 def test_study_domains_cover_fixed_keys_space_and_section_variants():

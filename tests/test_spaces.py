@@ -3,7 +3,8 @@ import textwrap
 import pytest
 
 from tune_hw import search, spaces
-from tune_hw.spaces import STUDY_DIR, StudyError
+from tune_hw.errors import StudyError
+from tune_hw.layout import STUDY_DIR
 
 GOOD = """
 description: test study

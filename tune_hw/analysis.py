@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from tune_hw.limits import LOWER_LIMITS
+from tune_hw.distributions import LOWER_LIMITS, Distribution, variant_label
+from tune_hw.layout import STUDY_FILE
 from tune_hw.ranking import DEFAULT_RANKING, Ranking
 from tune_hw.results import STATUSES, TRIAL_SUMMARY_COLUMNS
 
@@ -80,23 +81,37 @@ def _finite(x: Any) -> bool:
 
 # --------------------------------------------------------------------------- parameters
 
-@dataclass
+@dataclass(frozen=True)
 class ParamSpec:
-    """One searched hyperparameter: its distribution in the study and the values tried."""
+    """One varied hyperparameter and its distribution (a whole-section one: its labels)."""
 
     key: str
-    kind: str  # uniform | loguniform | int | choice | grid
-    low: float | None = None
-    high: float | None = None
-    values: list[Any] = field(default_factory=list)
+    distribution: Distribution
+
+    @property
+    def kind(self) -> str:
+        """uniform | loguniform | int | choice | grid"""
+        return self.distribution.kind
+
+    @property
+    def low(self) -> float | None:
+        return float(self.distribution.low) if self.distribution.is_range else None
+
+    @property
+    def high(self) -> float | None:
+        return float(self.distribution.high) if self.distribution.is_range else None
+
+    @property
+    def values(self) -> list[Any]:
+        return list(self.distribution.values)
 
     @property
     def log(self) -> bool:
-        return self.kind == "loguniform"
+        return self.distribution.log
 
     @property
     def categorical(self) -> bool:
-        return self.kind in ("choice", "grid")
+        return self.distribution.categorical
 
     @property
     def numeric_values(self) -> bool:
@@ -113,14 +128,13 @@ def varied_params(study: dict[str, Any], trials: pd.DataFrame) -> list[ParamSpec
     column; otherwise its varying dotted columns count one by one. With no `space` at all
     (an old run) every config column with more than one value counts.
     """
-    space = study.get("space") or {}
+    space = space_distributions(study)
     specs: list[ParamSpec] = []
-    for key, spec in space.items():
-        kind, args = _distribution_of(spec)
+    for key, dist in space.items():
         if col(key) in trials:
-            variants = section_variants(spec)
-            specs.append(ParamSpec(key, kind, values=[variant_label(v) for v in variants])
-                         if variants else _spec(key, kind, args))
+            labels = tuple(variant_label(v) for v in dist.mappings())
+            specs.append(ParamSpec(key, Distribution(dist.kind, values=labels) if labels
+                                   else dist))
         else:
             specs.extend(_inferred(trials, prefix=col(key) + "."))
     if not space:
@@ -128,22 +142,10 @@ def varied_params(study: dict[str, Any], trials: pd.DataFrame) -> list[ParamSpec
     return specs
 
 
-def _distribution_of(spec: Any) -> tuple[str, Any]:
-    return next(iter(spec.items())) if isinstance(spec, dict) and spec else ("", None)
-
-
-def section_variants(spec: Any) -> list[dict[str, Any]]:
-    """The mappings of a whole-section `grid`/`choice` (empty for an ordinary key)."""
-    kind, args = _distribution_of(spec)
-    if kind in ("grid", "choice") and args and all(isinstance(a, dict) for a in args):
-        return list(args)
-    return []
-
-
-def variant_label(variant: dict[str, Any]) -> str:
-    """{name: cnn, kernel_size: 3} -> `cnn kernel_size=3`; {residual: true} -> `residual=True`."""
-    rest = ", ".join(f"{k}={v}" for k, v in variant.items() if k != "name")
-    return f"{variant['name']} {rest}".strip() if "name" in variant else rest
+def space_distributions(study: dict[str, Any]) -> dict[str, Distribution]:
+    """The distribution of each key of a resolved study's `space` (study.yaml)."""
+    return {key: Distribution.parse(spec, f"space.{key}", STUDY_FILE)
+            for key, spec in (study.get("space") or {}).items()}
 
 
 def with_variants(trials: pd.DataFrame, study: dict[str, Any]) -> pd.DataFrame:
@@ -153,8 +155,8 @@ def with_variants(trials: pd.DataFrame, study: dict[str, Any]) -> pd.DataFrame:
     trial with the variant whose every key matches, so the variants compare as one factor.
     """
     out = trials.copy()
-    for section, spec in (study.get("space") or {}).items():
-        variants = section_variants(spec)
+    for section, dist in space_distributions(study).items():
+        variants = dist.mappings()
         if variants and col(section) not in out:
             out[col(section)] = [_match_variant(row, section, variants)
                                  for _, row in out.iterrows()]
@@ -179,20 +181,14 @@ def _same(cell: Any, value: Any) -> bool:
     return cell == value or (cell is not None and str(cell) == str(value))
 
 
-def _spec(key: str, kind: str, args: Any) -> ParamSpec:
-    if kind in ("uniform", "loguniform", "int"):
-        return ParamSpec(key, kind, float(args[0]), float(args[1]))
-    return ParamSpec(key, kind or "choice", values=list(args or []))
-
-
 def _inferred(trials: pd.DataFrame, prefix: str) -> list[ParamSpec]:
     specs = []
     for name in trials.columns:
         if name.startswith(prefix):
             values = trials[name].dropna().unique().tolist()
             if len(values) > 1:
-                specs.append(ParamSpec(name.removeprefix("config/"), "choice",
-                                       values=_sorted(values)))
+                specs.append(ParamSpec(name.removeprefix("config/"),
+                                       Distribution("choice", values=tuple(_sorted(values)))))
     return specs
 
 
@@ -643,11 +639,13 @@ def _optuna_importance(df: pd.DataFrame, specs: list[ParamSpec], seed: int) -> d
     from optuna.importance import FanovaImportanceEvaluator
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    dists = {s.key: _distribution(s, df[col(s.key)]) for s in specs}
+    dists = {s.key: s.distribution.to_optuna(native(v) for v in df[col(s.key)].unique())
+             for s in specs}
     study = optuna.create_study(direction="maximize")
     study.add_trials([
         optuna.trial.create_trial(
-            params={s.key: _param_value(s, row[col(s.key)]) for s in specs},
+            params={s.key: s.distribution.optuna_value(native(row[col(s.key)]))
+                    for s in specs},
             distributions=dists, value=float(row.best_val_acc))
         for _, row in df.iterrows()])
     with warnings.catch_warnings():
@@ -655,30 +653,6 @@ def _optuna_importance(df: pd.DataFrame, specs: list[ParamSpec], seed: int) -> d
         result = optuna.importance.get_param_importances(
             study, evaluator=FanovaImportanceEvaluator(seed=seed))
     return {k: float(v) for k, v in result.items()}
-
-
-def _distribution(spec: ParamSpec, values: pd.Series) -> Any:
-    """The Optuna distribution of a spec, widened to every value tried (--set overrides)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if spec.categorical:
-        seen = [_param_value(spec, v) for v in values.unique()]
-        choices = list(dict.fromkeys([*[native(v) for v in spec.values], *seen]))
-        return CategoricalDistribution(choices)
-    lo, hi = min(spec.low, float(values.min())), max(spec.high, float(values.max()))
-    if spec.kind == "int":
-        return IntDistribution(int(math.floor(lo)), int(math.ceil(hi)))
-    return FloatDistribution(lo, hi, log=spec.log)
-
-
-def _param_value(spec: ParamSpec, value: Any) -> Any:
-    value = native(value)
-    if spec.kind == "int":
-        return int(value)
-    if spec.kind in ("uniform", "loguniform"):
-        return float(value)
-    # Optuna categoricals hold None, bool, int, float or str; anything else as its text
-    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 # ---------------------------------------------------------------- study-specific tables

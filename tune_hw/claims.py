@@ -175,7 +175,7 @@ def parse_claims(raw: Any, study: dict[str, Any], where: str) -> tuple[Claim, ..
     if not isinstance(raw, list):
         raise UserError(f"{where}: claims must be a list of mappings, got "
                         f"{type(raw).__name__}; write each claim as '- name: ...'")
-    domains = G.study_domains(study)
+    domains = G.study_domains(study, where)
     claims, names = [], set()
     for index, item in enumerate(raw):
         claim = parse_claim(item, study, domains, ClaimContext(where, index))

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import math
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_hw import layout, ray_files, results, spaces, strict_yaml
+from tune_hw.distributions import Distribution
 from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.layout import DEFAULT_STORAGE, STORAGE_ENV
 from tune_hw.spaces import Study
@@ -82,27 +84,27 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ search space
 
-def to_tune(kind: str, args: Any) -> Any:
+def to_tune(dist: Distribution) -> Any:
     """One study distribution as a Ray Tune domain."""
     from ray import tune
 
-    if kind == "uniform":
-        return tune.uniform(*args)
-    if kind == "loguniform":
-        return tune.loguniform(*args)
-    if kind == "int":
-        return tune.randint(int(args[0]), int(args[1]) + 1)  # study ranges are inclusive
-    if kind == "choice":
-        return tune.choice(args)
-    return tune.grid_search(args)
+    if dist.kind == "uniform":
+        return tune.uniform(dist.low, dist.high)
+    if dist.kind == "loguniform":
+        return tune.loguniform(dist.low, dist.high)
+    if dist.kind == "int":
+        return tune.randint(int(dist.low), int(dist.high) + 1)  # study ranges are inclusive
+    if dist.kind == "choice":
+        return tune.choice(list(dist.values))
+    return tune.grid_search(list(dist.values))
 
 
 def param_space(study: Study) -> dict[str, Any]:
     """The flat dotted Tune param_space: fixed values plus one domain per searched key."""
     space = {f"{section}.{key}": value for section in spaces.SECTIONS
              for key, value in getattr(study, section).items()}
-    for key, spec in study.space.items():
-        space[key] = to_tune(*next(iter(spec.items())))
+    for key, dist in study.distributions.items():
+        space[key] = to_tune(dist)
     return space
 
 
@@ -128,8 +130,6 @@ def make_search_alg(study: Study) -> Any:
 
 def concurrent_slots(resources: dict[str, float]) -> int:
     """How many trials of `resources` the running Ray cluster fits at once (0: Ray not up)."""
-    import math
-
     import ray
 
     if not ray.is_initialized():
@@ -153,11 +153,8 @@ def check_trial_fits(study: Study) -> None:
 
 
 def max_epochs(study: Study) -> int:
-    spec = study.space.get("train.epochs")
-    if spec:
-        kind, args = next(iter(spec.items()))
-        return int(max(args))
-    return int(study.train["epochs"])
+    dist = study.distributions.get("train.epochs")
+    return int(dist.upper if dist else study.train["epochs"])
 
 
 def make_scheduler(study: Study) -> Any:
@@ -480,11 +477,8 @@ def _whole_pickle(path: Path) -> bool:
 
 def expected_trials(study: Study) -> int:
     """How many trials a finished search has: num_samples times the size of every grid."""
-    count = study.search["num_samples"]
-    for spec in study.space.values():
-        kind, args = next(iter(spec.items()))
-        count *= len(args) if kind == "grid" else 1
-    return count
+    return math.prod([study.search["num_samples"],
+                      *(dist.grid_size for dist in study.distributions.values())])
 
 
 def was_interrupted(records: list[results.TrialRecord], study: Study) -> bool:

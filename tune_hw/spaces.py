@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from tune_hw import data, models, strict_yaml
-from tune_hw.errors import UserError
+from tune_hw.distributions import LOWER_LIMITS, Distribution
+from tune_hw.errors import StudyError, UserError
 from tune_hw.layout import STUDY_DIR
-from tune_hw.limits import LOWER_LIMITS
 from tune_hw.ranking import VALIDATION_METRICS, Ranking
 from tune_hw.trainable import OPTIMIZERS, TRAIN_DEFAULTS
 
 SECTIONS = ("dataset", "model", "train")
 TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
             "quick"}
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
 SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": Ranking.metric,
                    "mode": Ranking.mode, "max_concurrent": 0}
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
@@ -47,6 +46,7 @@ class Study:
     resources: dict[str, Any]
     failure: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    distributions: dict[str, Distribution] = field(default_factory=dict)  # space, parsed
 
     @property
     def ranking(self) -> Ranking:
@@ -59,10 +59,6 @@ class Study:
                 "model": self.model, "train": self.train, "space": self.space,
                 "search": self.search, "scheduler": self.scheduler,
                 "resources": self.resources, "failure": self.failure, **self.extra}
-
-
-class StudyError(UserError):
-    """A study file breaks a rule; the message names file, key and fix."""
 
 
 def study_path(name_or_path: str) -> Path:
@@ -153,7 +149,7 @@ def validate(raw: dict[str, Any], path: Path) -> Study:
                          f"{type(description).__name__}")
     study = Study(path.stem, path, description, dataset, model, train, space, search,
                   scheduler, resources, failure)
-    _check_space(study, where)
+    study.distributions = _parse_space(study, where)
     _check_search(study, where)
     # the same check for the fixed values and for every value the space can put in their place
     for section, check in (("train", _check_train), ("model", _check_model),
@@ -205,20 +201,12 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> None:
     if ok:
         return
     hint = ""
-    if isinstance(value, str) and _looks_numeric(value):
+    if isinstance(value, str) and strict_yaml.looks_numeric(value):
         hint = f" (YAML reads {value} as a string: write it with a dot, e.g. 1.0e-4)"
     elif isinstance(default, int) and isinstance(value, float):
         hint = " (a whole number without a decimal point; a searched int key takes int: or " \
                "choice:, not uniform:)"
     raise StudyError(f"{where}: {key} must be {type(default).__name__}, got {value!r}{hint}")
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _check_train(train: dict[str, Any], where: str) -> None:
@@ -261,63 +249,34 @@ def _check_search(study: Study, where: str) -> None:
         raise StudyError(f"{where}: failure.max_failures must be >= 0")
 
 
-def _check_space(study: Study, where: str) -> None:
-    algorithm = study.search["algorithm"]
+def _parse_space(study: Study, where: str) -> dict[str, Distribution]:
+    """Each searched key's distribution, checked against the key and the search algorithm."""
+    algorithm, distributions = study.search["algorithm"], {}
     for key, spec in study.space.items():
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise StudyError(f"{where}: space key {key!r} must start with one of {SECTIONS}, "
                              "e.g. train.lr")
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-            raise StudyError(f"{where}: space.{key} must be one distribution of "
-                             f"{list(DISTRIBUTIONS)}, e.g. {{loguniform: [1.0e-4, 1.0]}}; "
-                             f"got {spec!r}")
-        kind, args = next(iter(spec.items()))
-        _check_distribution(f"space.{key}", kind, args, where)
-        if not name and kind in ("uniform", "loguniform", "int"):
+        dist = distributions[key] = Distribution.parse(spec, f"space.{key}", where)
+        if not name and dist.is_range:
             raise StudyError(f"{where}: space.{key} searches a whole section: use choice or "
                              "grid of mappings")
         if not name and any(k.startswith(f"{section}.") for k in study.space):
             raise StudyError(f"{where}: space.{key} searches the whole section and space also "
                              f"searches keys inside it: put those keys into each {key} mapping")
-        _check_algorithm(key, kind, args, algorithm, where)
+        _check_algorithm(key, dist, algorithm, where)
+    return distributions
 
 
-def _check_distribution(key: str, kind: str, args: Any, where: str) -> None:
-    if kind in ("choice", "grid"):
-        if not isinstance(args, list) or not args:
-            raise StudyError(f"{where}: {key}: {kind} needs a non-empty list of values")
-        return
-    if not isinstance(args, list) or len(args) != 2:
-        raise StudyError(f"{where}: {key}: {kind} needs [low, high], got {args!r}")
-    for value in args:
-        if isinstance(value, str) and _looks_numeric(value):
-            raise StudyError(f"{where}: {key}: {value!r} is a string (YAML reads 1e-4 as text): "
-                             "write it with a dot, e.g. 1.0e-4")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
-                not math.isfinite(value):
-            raise StudyError(f"{where}: {key}: bounds must be finite numbers, got {value!r}")
-    low, high = args
-    if low >= high:
-        raise StudyError(f"{where}: {key}: low must be < high, got [{low}, {high}]; swap or "
-                         "widen the range")
-    if kind == "loguniform" and low <= 0:
-        raise StudyError(f"{where}: {key}: a log range must be > 0, got low={low}; use a small "
-                         "positive bound like 1.0e-6")
-    if kind == "int" and not all(isinstance(v, int) for v in args):
-        raise StudyError(f"{where}: {key}: int bounds must be whole numbers written without a "
-                         f"dot, got {args}")
-
-
-def _check_algorithm(key: str, kind: str, args: list, algorithm: str, where: str) -> None:
-    if algorithm == "grid" and kind != "grid":
-        raise StudyError(f"{where}: space.{key} is {kind} but search.algorithm is grid: use "
+def _check_algorithm(key: str, dist: Distribution, algorithm: str, where: str) -> None:
+    if algorithm == "grid" and dist.kind != "grid":
+        raise StudyError(f"{where}: space.{key} is {dist.kind} but search.algorithm is grid: use "
                          "grid: [values] for every key, or algorithm random/optuna")
-    if algorithm == "optuna" and kind == "grid":
+    if algorithm == "optuna" and dist.kind == "grid":
         raise StudyError(f"{where}: space.{key}: grid is not supported by optuna: use choice, "
                          "or search.algorithm grid/random")
-    if algorithm == "optuna" and any(isinstance(v, (dict, list)) for v in args
-                                     if kind == "choice"):
+    if algorithm == "optuna" and dist.kind == "choice" and any(
+            isinstance(v, (dict, list)) for v in dist.values):
         raise StudyError(f"{where}: space.{key}: optuna cannot choose between mappings: use "
                          "search.algorithm grid or random")
 
@@ -332,32 +291,21 @@ def _variants(study: Study, section: str) -> list[tuple[dict[str, Any], dict[str
     decide legality), with the space values that made it."""
     base = dict(getattr(study, section))
     variants: list[tuple[dict[str, Any], dict[str, Any]]] = [(base, {})]
-    spec = study.space.get(section)
-    if spec is not None:
-        choices = next(iter(spec.values()))
+    whole = study.distributions.get(section)
+    if whole is not None:
+        choices = whole.values
         for choice in choices:
             if not isinstance(choice, dict):
                 raise StudyError(f"{study.path}: space.{section} must list mappings, got "
                                  f"{choice!r}")
         variants = [({**base, **choice}, {f"space.{section}": choice}) for choice in choices]
-    for key, spec in study.space.items():
+    for key, dist in study.distributions.items():
         sec, _, name = key.partition(".")
         if sec == section and name:
-            values = distribution_values(*next(iter(spec.items())))
+            values = dist.edge_values()
             variants = [({**v, name: value}, {**o, f"space.{key}": value})
                         for v, o in variants for value in values]
     return variants
-
-
-def distribution_values(kind: str, args: list) -> list[Any]:
-    """The values of a distribution that decide whether all it draws is legal: every choice or
-    grid value, and both bounds of a range as the type it draws (int draws ints; uniform and
-    loguniform draw floats). Every rule checked is a bound, so the range's ends suffice."""
-    if kind in ("choice", "grid"):
-        return list(args)
-    if kind == "int":
-        return [int(args[0]), int(args[1])]
-    return [float(args[0]), float(args[1])]
 
 
 def _origin_text(origin: dict[str, Any]) -> str:
