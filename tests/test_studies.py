@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tune_hw import checkpoints, models, results, search, spaces
+from tune_hw import models, pretrained, results, search, spaces
 
 STUDIES = ["architectures", "architectures_1d", "lr_extremes", "epochs", "normalization", "width_depth", "deep",
            "batch_size", "pretrain", "transfer"]
@@ -185,6 +185,6 @@ def test_transfer_chain_loads_the_pretrain_checkpoint(storage):
     assert modes.loc["hist_gradient_boosting", "num_params"] > 0  # tree nodes
     assert modes.loc["hist_gradient_boosting", "best_val_acc"] > 0.4  # chance is 0.2
     # the source weights really reach the target model (conv layers; the head is new)
-    state = torch.load(checkpoints.best_run_checkpoint("pretrain/quick"), weights_only=True)
+    state = torch.load(pretrained.best_run_checkpoint("pretrain/quick"), weights_only=True)
     net = models.build("resnet18", (1, 8, 8), 5, mode="finetune", weights="run:pretrain/quick")
     assert torch.equal(net.layer1[0].conv1.weight, state["model"]["layer1.0.conv1.weight"])

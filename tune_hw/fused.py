@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tune_hw import data, models, trainable
+from tune_hw import data, models, nets, trainable
 from tune_hw.fused_optim import StackedOptimizer
 from tune_hw.stacked import StackedNet
 
@@ -272,7 +272,7 @@ def run_group(configs: Sequence[dict[str, Any]], report: MemberReporter,
     splits = trainable.load_splits(dataset, device)
     group = build_group(configs, splits, device, states)
     trains = [trainable.split_config(config)[2] for config in configs]
-    layers = [name for name, _ in trainable._linear_weights(group.net.template)]
+    layers = [name for name, _ in nets.linear_weights(group.net.template)]
     for epoch in range(start_epoch(states), train["epochs"] + 1):
         if not len(group):
             return

@@ -317,10 +317,10 @@ def _origin_text(origin: dict[str, Any]) -> str:
 
 def _check_model(model: dict[str, Any], where: str) -> None:
     if "name" not in model:
-        raise StudyError(f"{where}: model.name is missing: use one of {sorted(models.MODELS)}")
+        raise StudyError(f"{where}: model.name is missing: use one of {models.names()}")
     name = model["name"]
-    if name not in models.MODELS:
-        raise StudyError(f"{where}: unknown model {name!r}: use one of {sorted(models.MODELS)}")
+    if name not in models.names():
+        raise StudyError(f"{where}: unknown model {name!r}: use one of {models.names()}")
     accepted = models.hyperparameters(name)
     unknown = set(model) - set(accepted) - {"name"}
     if unknown:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_hw import baselines, data, models
+from tune_hw import data, models, nets, trees
 from tune_hw.errors import UserError
 from tune_hw.layout import BEST_STATE_FILE, LATEST_STATE_FILE, MARKER_FILE, trial_dir_name
 from tune_hw.ranking import VALIDATION_METRICS, Ranking
@@ -78,13 +78,6 @@ class EpochStats:
     finite: bool
 
 
-def _linear_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Weights of every linear/conv layer, input side first (module definition order)."""
-    return [(name, module.weight) for name, module in model.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
-            and module.weight.requires_grad]
-
-
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: data.Split,
                     batch_size: int, generator: torch.Generator,
                     grad_sums: torch.Tensor | None = None) -> EpochStats:
@@ -93,7 +86,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: d
     order = torch.randperm(len(split), generator=generator).to(split.x.device)
     steps = math.ceil(len(split) / batch_size)
     step_losses: list[torch.Tensor] = []  # stacked once at the end: a per-step write costs ~2 %
-    weights = [w for _, w in _linear_weights(model)] if grad_sums is not None else []
+    weights = [w for _, w in nets.linear_weights(model)] if grad_sums is not None else []
     for step in range(steps):
         idx = order[step * batch_size:(step + 1) * batch_size]
         loss = F.cross_entropy(model(split.x[idx]), split.y[idx])
@@ -129,7 +122,7 @@ def build_optimizer(model: nn.Module, train: dict[str, Any]) -> torch.optim.Opti
     if train["optimizer"] not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {train['optimizer']!r}: use one of "
                         f"{sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[train["optimizer"]](models.parameter_groups(model, train["lr"]), train)
+    return OPTIMIZERS[train["optimizer"]](nets.parameter_groups(model, train["lr"]), train)
 
 
 # what an epoch without measurements (diverged) or a failed config reports: finite, so the
@@ -166,8 +159,8 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
     # the trial's own split sizes: the analysis's standard errors and bootstrap need them
     fixed = {"seed": train["seed"], **{f"{k}_size": n for k, n in splits.sizes().items()},
              **(context or {})}
-    if isinstance(model, baselines.TreeBaseline):  # trees: no optimizer, no gradients
-        baselines.run_tree_trial(model, splits, train, report, state, fixed)
+    if isinstance(model, trees.TreeBaseline):  # trees: no optimizer, no gradients
+        run_tree_trial(model, splits, train, report, state, fixed)
         return
     model = model.to(device)
     optimizer = build_optimizer(model, train)
@@ -179,7 +172,7 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
         generator.set_state(state["generator"])
         start_epoch = state["epoch"] + 1
     fixed["num_params"] = sum(p.numel() for p in model.parameters())
-    layers = _linear_weights(model)
+    layers = nets.linear_weights(model)
     for epoch in range(start_epoch, train["epochs"] + 1):
         grad_sums = torch.zeros(len(layers), device=device) if train["track_grads"] else None
         started = time.perf_counter()
@@ -202,6 +195,38 @@ def run_trial(config: dict[str, Any], report: Reporter, state: dict[str, Any] | 
                          "generator": generator.get_state(), "epoch": epoch})
         if diverged:
             return
+
+
+def run_tree_trial(model: trees.TreeBaseline, splits: data.Splits, train: dict[str, Any],
+                   report: Reporter,
+                   state: dict[str, Any] | None, fixed: dict[str, Any]) -> None:
+    """Grow the ensemble epoch by epoch and report what a neural trial reports.
+
+    A restored trial refits up to its checkpointed epoch (trees are deterministic for a seed)
+    rather than unpickling a model: checkpoints stay plain tensors and numbers.
+    """
+    epochs, seed = train["epochs"], train["seed"]
+    train_subset = data.Split(splits.train.x[:TRAIN_EVAL_ROWS], splits.train.y[:TRAIN_EVAL_ROWS])
+    start_epoch = state["epoch"] + 1 if state is not None else 1
+    rounds = model.rounds_at(start_epoch - 1, epochs) if start_epoch > 1 else 0
+    if rounds:
+        model.fit_to(rounds, splits.train, seed)
+    for epoch in range(start_epoch, epochs + 1):
+        target = model.rounds_at(epoch, epochs)
+        started = time.perf_counter()
+        model.fit_to(target, splits.train, seed)
+        fit_s = time.perf_counter() - started
+        metrics: dict[str, Any] = {"epoch": epoch, "steps": target - rounds}
+        for name, split in (("train", train_subset), ("val", splits.val), ("test", splits.test)):
+            metrics[f"{name}_loss"], metrics[f"{name}_acc"] = model.evaluate(split)
+        metrics.update({
+            "lr": model.learning_rate, "epoch_s": time.perf_counter() - started,
+            "samples_per_s": len(splits.train) / fit_s if fit_s > 0 else math.nan,
+            "step_loss_std": math.nan, "step_loss_mean": metrics["train_loss"],
+            "diverged": False, **fixed, "num_params": model.num_nodes(),
+        })
+        rounds = target
+        report(metrics, {"epoch": epoch})
 
 
 # ----------------------------------------------------------------------------- Ray Tune

@@ -1,4 +1,5 @@
-"""Gradient-boosted trees as an ordinary trial: same metrics, epochs as boosting rounds."""
+"""The tree baseline (tune_hw.trees) as an ordinary trial: same metrics, epochs as boosting
+rounds."""
 
 import math
 
