@@ -2,7 +2,7 @@
 
 A smaller lr_batch (same model, space and scheduler settings, fewer rows and epochs) is
 searched three ways: tune_hw with Optuna's TPE and ASHA (the study's own setting), tune_hw
-with random search and FIFO, and plain Optuna (`study.optimize` over `trainable.run_trial`,
+with random search and FIFO, and plain Optuna (`study.optimize` over `training.run_trial`,
 TPE with its successive-halving pruner, no Ray, one trial at a time in the peer process).
 Each is scored by the wall time until its best validation accuracy comes within 0.5 points
 of the best FIFO + random found.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import STUDY, field, interleave, load_run, log, run_search, search_argv
-from tune_hw import spaces, trainable
+from tune_hw import spaces, training
 from tune_hw.ranking import Ranking
 
 TOLERANCE = 0.005  # 0.5 accuracy points
@@ -77,7 +77,7 @@ def optuna_variant(peer: Executor, budget: int, fixed: dict[str, Any]):
 
 
 def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any]:
-    """`study.optimize` over `trainable.run_trial`: the same space, TPE + successive halving."""
+    """`study.optimize` over `training.run_trial`: the same space, TPE + successive halving."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -103,7 +103,7 @@ def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any
                 trial_s.append(time.perf_counter() - began)
                 raise optuna.TrialPruned()
 
-        trainable.run_trial(config, report)
+        training.run_trial(config, report)
         trial_s.append(time.perf_counter() - began)
         return last["val_acc"]
 

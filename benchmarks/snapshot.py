@@ -64,7 +64,7 @@ def tune_checkpoint_trainable(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from tune_hw.trainable import run_trial
+    from tune_hw.training import run_trial
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:

@@ -256,9 +256,9 @@ def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ra
     import ray
     from ray import cloudpickle
 
-    from tune_hw import search, trainable
+    from tune_hw import ray_trial, search
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    monkeypatch.setattr(trainable, "tune_trainable", failing_tune_trainable)
+    monkeypatch.setattr(ray_trial, "tune_trainable", failing_tune_trainable)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
         code = search.main(["lr_batch", "--quick", "--num-samples", "2", "--max-failures", "0",

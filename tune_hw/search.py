@@ -327,7 +327,7 @@ def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = Non
     run directory (where each trial keeps its states) and the study's ranking."""
     from ray import tune
 
-    from tune_hw.trainable import tune_trainable
+    from tune_hw.ray_trial import tune_trainable
 
     if trainable is None:
         trainable = tune.with_parameters(tune_trainable, run_dir=str(run_dir),
@@ -340,7 +340,7 @@ def build_tuner(study: Study, storage: Path, run_name: str,
                 trainable: Callable | None = None) -> Any:
     """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults).
 
-    Tune keeps no checkpoints (each trial keeps its own states: trainable.TrialStates), so it
+    Tune keeps no checkpoints (each trial keeps its own states: ray_trial.TrialStates), so it
     never forces experiment snapshots; it takes them on its own schedule (about 5 % of time).
     """
     from ray import tune

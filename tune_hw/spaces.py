@@ -16,7 +16,7 @@ from tune_hw.distributions import LOWER_LIMITS, Distribution
 from tune_hw.errors import StudyError, UserError
 from tune_hw.layout import STUDY_DIR
 from tune_hw.ranking import VALIDATION_METRICS, Ranking
-from tune_hw.trainable import OPTIMIZERS, TRAIN_DEFAULTS
+from tune_hw.training import OPTIMIZERS, TRAIN_DEFAULTS
 
 SECTIONS = ("dataset", "model", "train")
 TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
