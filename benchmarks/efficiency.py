@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import STUDY, field, interleave, load_run, log, run_search, search_argv
-from tune_hw import spaces, training
+from tune_hw import studies, training
 from tune_hw.ranking import Ranking
 
 TOLERANCE = 0.005  # 0.5 accuracy points
@@ -81,8 +81,8 @@ def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = spaces.load_study(STUDY, overrides={**fixed, "train.seed": seed})
-    base = flat_config(study)
+    study = studies.load_study(STUDY, overrides={**fixed, "train.seed": seed})
+    base = study.fixed_config()
     curve: list[tuple[float, float]] = []
     trial_s: list[float] = []
     started, cpu = time.perf_counter(), time.process_time()
@@ -123,12 +123,6 @@ def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any
             "curve": curve,
             "best_val_acc": max(acc for _, acc in curve), "test_at_best": None,
             "trial_s": sum(trial_s), "statuses": {s: states.count(s) for s in sorted(set(states))}}
-
-
-def flat_config(study: spaces.Study) -> dict[str, Any]:
-    """The study's fixed values as the flat dotted config the trainable takes."""
-    return {f"{section}.{key}": value for section in spaces.SECTIONS
-            for key, value in getattr(study, section).items()}
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:

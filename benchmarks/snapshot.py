@@ -78,11 +78,11 @@ def tune_checkpoints_search(storage: Path, name: str, n_trials: int) -> dict[str
     """The same search with per-epoch Tune checkpoints and num_to_keep=2, timed."""
     from ray import cloudpickle, tune
 
-    from tune_hw import search, spaces
+    from tune_hw import search, studies
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import us
     space = {f"space.{k}": v for k, v in SPACE.items()}
-    study = spaces.load_study(STUDY, overrides={**CONFIG, **space,
+    study = studies.load_study(STUDY, overrides={**CONFIG, **space,
                                                 "search.num_samples": n_trials})
     metric, mode = study.search["metric"], study.search["mode"]
     tuner = tune.Tuner(

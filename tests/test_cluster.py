@@ -255,10 +255,10 @@ def test_local_dashboard_listens_on_loopback_only(tmp_path):
 def test_searchers_take_the_studys_concurrency_limit(algorithm, max_concurrent, expected):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    from tune_hw import search, spaces
+    from tune_hw import search, studies
 
     overrides = {"search.algorithm": algorithm, "search.max_concurrent": max_concurrent}
-    study = spaces.load_study("lr_batch", quick=True, overrides=overrides)
+    study = studies.load_study("lr_batch", quick=True, overrides=overrides)
     searcher = search.make_search_alg(study)
     if algorithm == "optuna":
         # Without Ray running there is no cluster to size the limit from: no limiter.

@@ -197,9 +197,9 @@ def test_a_trial_that_keeps_failing_ends_error_and_the_search_finishes(tmp_path,
     import ray
     from ray import cloudpickle  # Ray's vendored copy is the one that pickles trainables
 
-    from tune_hw import search, spaces
+    from tune_hw import search, studies
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    study = spaces.load_study("lr_batch", quick=True,
+    study = studies.load_study("lr_batch", quick=True,
                               overrides={"search.num_samples": 2, "failure.max_failures": 1})
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
@@ -277,8 +277,8 @@ def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ra
 def test_a_configuration_error_inside_a_trial_is_not_retried(tmp_path, ray_tmp):
     import ray
 
-    from tune_hw import search, spaces
-    study = spaces.load_study("lr_batch", quick=True, overrides={
+    from tune_hw import search, studies
+    study = studies.load_study("lr_batch", quick=True, overrides={
         "search.num_samples": 2, "failure.max_failures": 2})
     study.train["optimizer"] = "adamx"  # what validation refuses, met inside the trials
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)

@@ -89,7 +89,7 @@ def test_preflight_releases_every_dataset_it_checked(monkeypatch):
     import gc
     import weakref
 
-    from tune_hw import data, search, spaces
+    from tune_hw import data, search, studies
 
     loaded, real_load = [], data.load
 
@@ -99,7 +99,7 @@ def test_preflight_releases_every_dataset_it_checked(monkeypatch):
         return splits
 
     monkeypatch.setattr(data, "load", recording_load)
-    study = spaces.load_study("lr_batch", quick=True, overrides={
+    study = studies.load_study("lr_batch", quick=True, overrides={
         "space.dataset.n_train": {"choice": [1500, 2000]}})
     sizes = search.preflight(study)
     gc.collect()

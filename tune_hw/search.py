@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tune_hw import layout, ray_files, results, spaces, strict_yaml
+from tune_hw import layout, ray_files, results, strict_yaml, studies
 from tune_hw.distributions import Distribution
 from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.layout import DEFAULT_STORAGE, STORAGE_ENV
-from tune_hw.spaces import Study
+from tune_hw.studies import Study
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode
 
@@ -101,8 +101,7 @@ def to_tune(dist: Distribution) -> Any:
 
 def param_space(study: Study) -> dict[str, Any]:
     """The flat dotted Tune param_space: fixed values plus one domain per searched key."""
-    space = {f"{section}.{key}": value for section in spaces.SECTIONS
-             for key, value in getattr(study, section).items()}
+    space = study.fixed_config()
     for key, dist in study.distributions.items():
         space[key] = to_tune(dist)
     return space
@@ -177,7 +176,7 @@ def preflight(study: Study) -> dict[str, int] | None:
     Returns the split sizes when every variant has the same ones (trials record their own).
     """
     sizes = [_check_dataset_variant(study, dataset)
-             for dataset in spaces.section_variants(study, "dataset")]
+             for dataset in studies.section_variants(study, "dataset")]
     return sizes[0] if all(s == sizes[0] for s in sizes) else None
 
 
@@ -192,12 +191,12 @@ def _check_dataset_variant(study: Study, dataset: dict[str, Any]) -> dict[str, i
     if empty:
         raise UserError(f"{study.path}: dataset {dataset} has an empty {empty[0]} split: give "
                         "it more rows (n_train, n_val, n_test or the fractions)")
-    batch_size = max(v["batch_size"] for v in spaces.section_variants(study, "train"))
+    batch_size = max(v["batch_size"] for v in studies.section_variants(study, "train"))
     if batch_size > sizes["train"]:
         raise UserError(f"{study.path}: train.batch_size {batch_size} is larger than the "
                         f"{sizes['train']} training rows of {dataset['name']}: lower it or raise "
                         "dataset.n_train")
-    for model in spaces.section_variants(study, "model"):
+    for model in studies.section_variants(study, "model"):
         hp = {k: v for k, v in model.items() if k != "name"}
         models.build(model["name"], splits.in_shape, splits.num_classes, **hp)
     return sizes
@@ -522,7 +521,7 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     storage = Path(args.storage_path).expanduser().resolve()
     # relative run:STUDY/RUN weights resolve under this run's storage, in driver and workers
     os.environ.setdefault(STORAGE_ENV, str(storage))
-    study = spaces.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
+    study = studies.load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
     layout.check_name(study.name, f"{study.path}: the study name (its file name)")
     sizes = preflight(study)
     run_dir = storage / study.name / run_name

@@ -1,4 +1,4 @@
-"""Read and validate `search_spaces/*.yaml` into a `Study` and a Ray Tune param_space.
+"""Read and validate a study file (`search_spaces/*.yaml`) into a `Study`.
 
 Every error names the file, the key, the rule, the value received and the fix.
 """
@@ -52,6 +52,11 @@ class Study:
     def ranking(self) -> Ranking:
         """How this study ranks epochs and trials (its search.metric and mode)."""
         return Ranking(self.search["metric"], self.search["mode"])
+
+    def fixed_config(self) -> dict[str, Any]:
+        """The fixed values as the flat dotted config a trial takes (`train.lr`, ...)."""
+        return {f"{section}.{key}": value for section in SECTIONS
+                for key, value in getattr(self, section).items()}
 
     def resolved(self) -> dict[str, Any]:
         """The study as it runs, for `study.yaml` in the run directory."""
@@ -321,14 +326,7 @@ def _check_model(model: dict[str, Any], where: str) -> None:
     name = model["name"]
     if name not in models.names():
         raise StudyError(f"{where}: unknown model {name!r}: use one of {models.names()}")
-    accepted = models.hyperparameters(name)
-    unknown = set(model) - set(accepted) - {"name"}
-    if unknown:
-        raise StudyError(f"{where}: model {name!r} has no hyperparameter(s) {sorted(unknown)}: "
-                         f"it takes {sorted(accepted)}")
-    for key, value in model.items():
-        if key != "name":
-            _check_type(f"model.{key}", value, accepted[key], where)
+    _check_options("model", model, models.hyperparameters(name), "hyperparameter", where)
 
 
 def _check_dataset(dataset: dict[str, Any], where: str) -> None:
@@ -339,10 +337,16 @@ def _check_dataset(dataset: dict[str, Any], where: str) -> None:
         accepted = data.dataset_options(name)
     except UserError as exc:
         raise StudyError(f"{where}: {exc}") from None
-    unknown = set(dataset) - set(accepted) - {"name"}
+    _check_options("dataset", dataset, accepted, "option", where)
+
+
+def _check_options(section: str, values: dict[str, Any], accepted: dict[str, Any], what: str,
+                   where: str) -> None:
+    """Every key of a model or dataset mapping but its name is one it takes, of its type."""
+    unknown = set(values) - set(accepted) - {"name"}
     if unknown:
-        raise StudyError(f"{where}: dataset {name!r} has no option(s) {sorted(unknown)}: it "
-                         f"takes {sorted(accepted)}")
-    for key, value in dataset.items():
+        raise StudyError(f"{where}: {section} {values['name']!r} has no {what}(s) "
+                         f"{sorted(unknown)}: it takes {sorted(accepted)}")
+    for key, value in values.items():
         if key != "name":
-            _check_type(f"dataset.{key}", value, accepted[key], where)
+            _check_type(f"{section}.{key}", value, accepted[key], where)
