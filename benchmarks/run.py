@@ -77,11 +77,11 @@ def one_time_costs(quick: bool, storage: Path) -> dict[str, Any]:
 
 
 def start_ray() -> float:
-    """tune_hw's own Ray start (search.init_ray), timed; later searches reuse it."""
-    from tune_hw import search
+    """tune_hw's own Ray start (cluster.init_ray), timed; later searches reuse it."""
+    from tune_hw import cluster
 
     started = time.perf_counter()
-    search.init_ray(None)
+    cluster.init_ray(None)
     return time.perf_counter() - started
 
 

@@ -188,7 +188,7 @@ def overhead(case: dict[str, Any], one_time: dict[str, Any]) -> str:
               f"| `python -c 'import torch'` | {num(one_time['import_torch_s'])} |",
               f"| import torch, ray.tune and tune_hw (the CLI's imports) | "
               f"{num(one_time['import_tune_hw_search_s'])} |",
-              f"| Ray start-up (`search.init_ray`, local) | {num(one_time.get('ray_init_s'))} |"]
+              f"| Ray start-up (`cluster.init_ray`, local) | {num(one_time.get('ray_init_s'))} |"]
     if one_time.get("cli_quick_s") is not None:
         lines.append(f"| whole CLI `python -m tune_hw.search lr_batch --quick` "
                      f"({one_time['cli_quick_trials']} trials, {num(one_time['cli_quick_trial_s'])}"

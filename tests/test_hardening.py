@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from tune_hw import layout, ray_files, report, results, search
+from tune_hw import cluster, layout, ray_files, report, results, search
 from tune_hw.errors import UserError
 
 psutil = pytest.importorskip("psutil")
@@ -74,7 +74,7 @@ def real_run(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp}
-    env.pop(search.LOOPBACK_ONLY, None)  # the CLI itself must confine its Ray
+    env.pop(cluster.LOOPBACK_ONLY, None)  # the CLI itself must confine its Ray
     proc = subprocess.Popen([sys.executable, "-m", "tune_hw.search", *STUDY_ARGS,
                              "--storage-path", str(storage)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -197,15 +197,15 @@ def test_a_trial_that_keeps_failing_ends_error_and_the_search_finishes(tmp_path,
     import ray
     from ray import cloudpickle  # Ray's vendored copy is the one that pickles trainables
 
-    from tune_hw import search, studies
+    from tune_hw import outcome, studies, tuner
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
     study = studies.load_study("lr_batch", quick=True,
                               overrides={"search.num_samples": 2, "failure.max_failures": 1})
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
-        search.build_tuner(study, tmp_path, "f1", always_failing_trainable).fit()
+        tuner.build_tuner(study, tmp_path, "f1", always_failing_trainable).fit()
         run_dir = tmp_path / "lr_batch" / "f1"
-        search.write_results(run_dir, {"name": "lr_batch"}, study)
+        outcome.write_results(run_dir, {"name": "lr_batch"}, study)
     finally:
         ray.shutdown()
     trials = pd.read_parquet(run_dir / "trials.parquet")
@@ -277,15 +277,15 @@ def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ra
 def test_a_configuration_error_inside_a_trial_is_not_retried(tmp_path, ray_tmp):
     import ray
 
-    from tune_hw import search, studies
+    from tune_hw import outcome, studies, tuner
     study = studies.load_study("lr_batch", quick=True, overrides={
         "search.num_samples": 2, "failure.max_failures": 2})
     study.train["optimizer"] = "adamx"  # what validation refuses, met inside the trials
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
-        search.build_tuner(study, tmp_path, "config_error").fit()
+        tuner.build_tuner(study, tmp_path, "config_error").fit()
         run_dir = tmp_path / "lr_batch" / "config_error"
-        code = search.write_results(run_dir, study.resolved(), study)
+        code = outcome.write_results(run_dir, study.resolved(), study)
     finally:
         ray.shutdown()
     trials = pd.read_parquet(run_dir / "trials.parquet")

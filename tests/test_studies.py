@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from tune_hw import search, studies
+from tune_hw import studies, tuner
 from tune_hw.errors import StudyError
 from tune_hw.layout import STUDY_DIR
 
@@ -32,7 +32,7 @@ def write(tmp_path, text, name="study.yaml"):
 def test_every_shipped_study_and_its_quick_profile_validate(study):
     full, quick = studies.load_study(study), studies.load_study(study, quick=True)
     assert full.description and quick.search["num_samples"] <= full.search["num_samples"]
-    assert search.param_space(quick)
+    assert tuner.param_space(quick)
 
 
 def test_quick_profile_and_overrides_apply_in_order(tmp_path):
@@ -45,7 +45,7 @@ def test_quick_profile_and_overrides_apply_in_order(tmp_path):
 
 
 def test_param_space_is_flat_and_dotted(tmp_path):
-    space = search.param_space(studies.load_study(str(write(tmp_path, GOOD))))
+    space = tuner.param_space(studies.load_study(str(write(tmp_path, GOOD))))
     assert space["model.width"] == 16 and space["dataset.name"] == "countries"
     assert space["train.lr"].lower == 1e-4 and space["train.lr"].upper == 1.0
 
