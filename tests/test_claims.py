@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tune_hw import analysis, claim_groups, results
+from tune_hw import claim_groups, results
 from tune_hw import claims as C
+from tune_hw.analysis import effects, params
 from tune_hw.claims import Compare, Group, Label, Metric, Selection, Selector, Trend
 from tune_hw.errors import UserError
 
@@ -223,7 +224,7 @@ def test_the_claim_is_named_in_errors_after_the_first():
 
 def test_labels_are_the_gap_labels_and_the_ended_statuses():
     ended = set(results.STATUSES) - {"running", "pending"}
-    assert set(C.LABELS) == set(analysis.GAP_LABELS) | ended
+    assert set(C.LABELS) == set(effects.GAP_LABELS) | ended
 
 
 def test_variant_labels_match_the_reports_labels():
@@ -234,7 +235,7 @@ def test_variant_labels_match_the_reports_labels():
     keys = sorted({k for v in variants for k in v})
     trials = pd.DataFrame({"trial_id": ["a", "b", "c"],
                            **{f"config/model.{k}": [v.get(k) for v in variants] for k in keys}})
-    labelled = analysis.with_variants(trials, study)["config/model"].tolist()  # the report's
+    labelled = params.with_variants(trials, study)["config/model"].tolist()  # the report's
     assert list(claim_groups.study_domains(study)["model"].values) == labelled
     assert labelled == ["cnn kernel_size=3, channels=32", "residual=True, norm=batch",
                         "resnet18 mode=finetune, weights=run:pretrain/full"]

@@ -27,8 +27,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_hw import analysis as A
 from tune_hw import layout
+from tune_hw.analysis import effects, importance, params, selection, specific
+from tune_hw.analysis.trials import (
+    N_BOOTSTRAP,
+    best_so_far,
+    col,
+    left_out,
+    native,
+    scored,
+    status_counts,
+    with_schema,
+)
 from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.ranking import Ranking
 from tune_hw.ray_files import read_run
@@ -68,8 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="output directory (default reports/<study>/<run_name>/)")
     parser.add_argument("--top", type=_integer(1), default=5,
                         help="trials in the top learning curves (default 5)")
-    parser.add_argument("--bootstrap", type=_integer(1, MAX_BOOTSTRAP), default=A.N_BOOTSTRAP,
-                        help=f"bootstrap resamples (default {A.N_BOOTSTRAP}, at most "
+    parser.add_argument("--bootstrap", type=_integer(1, MAX_BOOTSTRAP), default=N_BOOTSTRAP,
+                        help=f"bootstrap resamples (default {N_BOOTSTRAP}, at most "
                              f"{MAX_BOOTSTRAP:,})")
     parser.add_argument("--seed", type=_integer(0), default=0,
                         help="seed of bootstrap and importance (0 or more)")
@@ -91,7 +101,7 @@ def default_out(run: Run) -> Path:
 
 # ----------------------------------------------------------------------------- analysis
 
-def summarize(run: Run, top: int = 5, n_boot: int = A.N_BOOTSTRAP, seed: int = 0
+def summarize(run: Run, top: int = 5, n_boot: int = N_BOOTSTRAP, seed: int = 0
               ) -> dict[str, Any]:
     """Every number of the report, computed by tune_hw.analysis, as one JSON-able dict."""
     trials, specs = prepare(run)
@@ -104,49 +114,50 @@ def summarize(run: Run, top: int = 5, n_boot: int = A.N_BOOTSTRAP, seed: int = 0
         "study": study.get("name") or run.path.resolve().parent.name,
         "run_name": run.path.resolve().name, "run_dir": str(run.path),
         "description": study.get("description", ""), "n_trials": len(trials),
-        "n_scored": len(A.scored(trials)), "status_counts": A.status_counts(trials),
-        "left_out": A.left_out(trials), "data_sizes": sizes or None,
+        "n_scored": len(scored(trials)), "status_counts": status_counts(trials),
+        "left_out": left_out(trials), "data_sizes": sizes or None,
         "ranking": {"metric": ranking.metric, "mode": ranking.mode},
         "varied": [{"key": p.key, "kind": p.kind, "low": p.low, "high": p.high,
                     "values": p.values, "log": p.log} for p in specs],
     }
-    vt = A.val_test_stats(trials, sizes.get("val"), sizes.get("test"), n_boot, seed, ranking)
-    vt["verdict"] = A.verdict(vt)
+    vt = selection.val_test_stats(trials, sizes.get("val"), sizes.get("test"), n_boot, seed,
+                                  ranking)
+    vt["verdict"] = selection.verdict(vt)
     s["val_vs_test"] = vt
-    s["leaderboard"] = A.leaderboard(trials, specs, MAX_TABLE_ROWS, ranking)
-    gaps = A.gap_table(trials)
-    s["gaps"] = {"overfit_gap": A.OVERFIT_GAP, "underfit_margin": A.UNDERFIT_MARGIN,
-                 "counts": {k: int((gaps.label == k).sum()) for k in A.GAP_LABELS},
+    s["leaderboard"] = selection.leaderboard(trials, specs, MAX_TABLE_ROWS, ranking)
+    gaps = effects.gap_table(trials)
+    s["gaps"] = {"overfit_gap": effects.OVERFIT_GAP, "underfit_margin": effects.UNDERFIT_MARGIN,
+                 "counts": {k: int((gaps.label == k).sum()) for k in effects.GAP_LABELS},
                  "trials": gaps}
-    s["params"] = {p.key: {**A.param_effect(trials, p, ranking),
-                           "by_value": A.group_table(trials, p.key, ranking)
-                           if A.is_discrete(p, trials) else None} for p in specs}
+    s["params"] = {p.key: {**effects.param_effect(trials, p, ranking),
+                           "by_value": effects.group_table(trials, p.key, ranking)
+                           if params.is_discrete(p, trials) else None} for p in specs}
     s["heatmaps"] = heatmaps(trials, specs)
-    s["best_so_far"] = A.best_so_far(trials)
-    importances, note = A.param_importance(trials, specs, seed)
+    s["best_so_far"] = best_so_far(trials)
+    importances, note = importance.param_importance(trials, specs, seed)
     s["importance"] = {"values": importances, "note": note}
-    s["curves"] = {"top": A.top_trials(trials, top, ranking),
+    s["curves"] = {"top": selection.top_trials(trials, top, ranking),
                    "by_value": {p.key: group_winners(trials, p.key, ranking)
-                                for p in specs if A.is_discrete(p, trials)
-                                and trials[A.col(p.key)].nunique() <= MAX_LEVELS}}
+                                for p in specs if params.is_discrete(p, trials)
+                                and trials[col(p.key)].nunique() <= MAX_LEVELS}}
     s.update(study_specific(run, trials, epochs, grads, specs, ranking))
     return s
 
 
-def prepare(run: Run) -> tuple[pd.DataFrame, list[A.ParamSpec]]:
+def prepare(run: Run) -> tuple[pd.DataFrame, list[params.ParamSpec]]:
     """The trials table with every schema column and a column per whole-section variant,
     and the varied hyperparameters."""
-    trials = A.with_variants(A.with_schema(run.trials), run.study)
-    return trials, A.varied_params(run.study, trials)
+    trials = params.with_variants(with_schema(run.trials), run.study)
+    return trials, params.varied_params(run.study, trials)
 
 
-def heatmaps(trials: pd.DataFrame, specs: list[A.ParamSpec]) -> list[dict[str, Any]]:
+def heatmaps(trials: pd.DataFrame, specs: list[params.ParamSpec]) -> list[dict[str, Any]]:
     """Best val accuracy on every two-way grid of varied params (first MAX_HEATMAPS pairs)."""
     out = []
     pairs = [(a, b) for i, a in enumerate(specs) for b in specs[i + 1:]]
     for a, b in pairs[:MAX_HEATMAPS]:
-        if len(A.scored(trials)):
-            table = A.heatmap_table(trials, a, b)
+        if len(scored(trials)):
+            table = effects.heatmap_table(trials, a, b)
             out.append({"rows": a.key, "columns": b.key, "row_values": list(table.index),
                         "column_values": list(table.columns), "best_val_acc":
                             table.to_numpy().tolist()})
@@ -156,31 +167,31 @@ def heatmaps(trials: pd.DataFrame, specs: list[A.ParamSpec]) -> list[dict[str, A
 def group_winners(trials: pd.DataFrame, key: str, ranking: Ranking) -> dict[str, str]:
     """The best trial (by the study's ranking) for each value of `key`, values in the order
     of the per-value table."""
-    table = A.group_table(trials, key, ranking)
-    df = A.scored(trials)
-    groups = dict(list(df.groupby(A.col(key), sort=False)))
-    return {str(v): A.top_trials(groups[v], 1, ranking)[0] for v in table.value
+    table = effects.group_table(trials, key, ranking)
+    df = scored(trials)
+    groups = dict(list(df.groupby(col(key), sort=False)))
+    return {str(v): selection.top_trials(groups[v], 1, ranking)[0] for v in table.value
             if v in groups}
 
 
 def study_specific(run: Run, trials: pd.DataFrame, epochs: pd.DataFrame,
-                   grads: pd.DataFrame, specs: list[A.ParamSpec], ranking: Ranking
+                   grads: pd.DataFrame, specs: list[params.ParamSpec], ranking: Ranking
                    ) -> dict[str, Any]:
     """Sections that exist only when the run has their data."""
     out: dict[str, Any] = {}
     keys = {p.key for p in specs}
-    batch = A.col("train.batch_size")
+    batch = col("train.batch_size")
     if batch in trials and trials[batch].nunique() > 1 and len(epochs):
-        out["batch_size"] = A.batch_noise_table(trials, epochs)
+        out["batch_size"] = specific.batch_noise_table(trials, epochs)
     if len(grads):
-        flow = A.grad_flow_table(grads, A.grad_groups(trials, specs))
-        out["grad_flow"] = {"epoch": "first", "table": flow, "ratios": A.grad_ratio(flow)}
+        flow = specific.grad_flow_table(grads, specific.grad_groups(trials, specs))
+        out["grad_flow"] = {"epoch": "first", "table": flow, "ratios": specific.grad_ratio(flow)}
     if "train.epochs" in keys or "epoch" in str(run.study.get("name", "")):
-        table, summary = A.best_vs_last(trials)
+        table, summary = specific.best_vs_last(trials)
         out["best_vs_last"] = {**summary, "trials": table}
-    mode = A.mode_key(run.study, specs)
+    mode = specific.mode_key(run.study, specs)
     if mode:
-        out["transfer"] = {"key": mode, "table": A.group_table(trials, mode, ranking)}
+        out["transfer"] = {"key": mode, "table": effects.group_table(trials, mode, ranking)}
     return out
 
 
@@ -219,7 +230,7 @@ def slug(text: str) -> str:
 
 def fig_val_test(trials: pd.DataFrame, vt: dict, out: Path) -> str:
     plt = _pyplot()
-    df = A.scored(trials)
+    df = scored(trials)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     colors = [STATUS_COLORS.get(s, "tab:blue") for s in df.status]
     ax.scatter(df.best_val_acc, df.test_acc_at_best, c=colors, s=28, alpha=0.8)
@@ -247,22 +258,22 @@ def fig_gap(gaps: pd.DataFrame, out: Path) -> str:
         ax.scatter(drawn.val_acc, drawn.train_acc, label=f"{label} ({len(g)})",
                    c=LABEL_COLORS.get(label, "k"), s=28, alpha=0.8)
     ax.axline((0, 0), slope=1, color="k", lw=0.8, ls="--", label="train = val")
-    ax.axline((0, A.OVERFIT_GAP), slope=1, color="tab:orange", lw=0.8, ls=":",
-              label=f"train = val + {A.OVERFIT_GAP}")
+    ax.axline((0, effects.OVERFIT_GAP), slope=1, color="tab:orange", lw=0.8, ls=":",
+              label=f"train = val + {effects.OVERFIT_GAP}")
     ax.set(xlabel="validation accuracy (best epoch)", ylabel="train accuracy (same epoch)",
            title="Generalisation gap per trial")
     ax.legend(fontsize=8)
     return save(fig, out, "gap")
 
 
-def fig_param(trials: pd.DataFrame, spec: A.ParamSpec, effect: dict, out: Path) -> str:
+def fig_param(trials: pd.DataFrame, spec: params.ParamSpec, effect: dict, out: Path) -> str:
     plt = _pyplot()
-    df = A.scored(trials)
+    df = scored(trials)
     fig, ax = plt.subplots(figsize=(6, 4))
-    x_col, colors = A.col(spec.key), [STATUS_COLORS.get(s, "tab:blue") for s in df.status]
-    if A.is_discrete(spec, trials):
-        lv = A.levels(spec, trials)
-        pos = df[x_col].map(lambda v: lv.index(A.native(v)))
+    x_col, colors = col(spec.key), [STATUS_COLORS.get(s, "tab:blue") for s in df.status]
+    if params.is_discrete(spec, trials):
+        lv = params.levels(spec, trials)
+        pos = df[x_col].map(lambda v: lv.index(native(v)))
         jitter = np.random.default_rng(0).uniform(-0.12, 0.12, len(df))
         ax.scatter(pos + jitter, df.best_val_acc, c=colors, s=26, alpha=0.8)
         long = max(len(str(v)) for v in lv) > 8
@@ -486,7 +497,7 @@ nav li {{ display: inline; margin-right: 1em; }}
 
 def _cell(value: Any, number_format: str | None = None) -> str:
     """A table cell; numbers in their column's format (one format per column)."""
-    value = A.native(value)
+    value = native(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float) and math.isinf(value):
@@ -499,7 +510,7 @@ def _cell(value: Any, number_format: str | None = None) -> str:
 def column_format(values: pd.Series) -> str | None:
     """The one format a column of numbers is shown in: whole numbers as such, else 3 decimals,
     or 3 significant digits when some value is small (< 0.01) or large (>= 10,000)."""
-    numbers = [float(v) for v in map(A.native, values)
+    numbers = [float(v) for v in map(native, values)
                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
     if not numbers or len(numbers) < sum(1 for v in values if not _blank(v)):
         return None  # no numbers, or text among them
@@ -511,7 +522,7 @@ def column_format(values: pd.Series) -> str | None:
 
 
 def _blank(value: Any) -> bool:
-    value = A.native(value)
+    value = native(value)
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
@@ -550,7 +561,7 @@ def _html_table(df: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _range(spec: A.ParamSpec) -> str:
+def _range(spec: params.ParamSpec) -> str:
     if spec.categorical:
         return f"{spec.kind} {spec.values}"
     return f"{spec.kind} [{spec.low:.3g}, {spec.high:.3g}]"
@@ -579,7 +590,7 @@ def write_sections(doc: Doc, s: dict, run: Run, out: Path) -> None:
     specific_sections(doc, s, out)
 
 
-def overview(doc: Doc, s: dict, specs: list[A.ParamSpec]) -> None:
+def overview(doc: Doc, s: dict, specs: list[params.ParamSpec]) -> None:
     doc.section("overview", "Overview")
     if s["description"]:
         doc.para(s["description"])
@@ -650,7 +661,7 @@ def gap_section(doc: Doc, s: dict, out: Path) -> None:
     doc.table(g["trials"])
 
 
-def param_sections(doc: Doc, s: dict, trials: pd.DataFrame, specs: list[A.ParamSpec],
+def param_sections(doc: Doc, s: dict, trials: pd.DataFrame, specs: list[params.ParamSpec],
                    out: Path) -> None:
     doc.section("hyperparameters", "Hyperparameters")
     for spec in specs:
@@ -666,7 +677,7 @@ def param_sections(doc: Doc, s: dict, trials: pd.DataFrame, specs: list[A.ParamS
     if s["heatmaps"]:
         doc.section("heatmaps", "Two-way grids")
         doc.para("Best validation accuracy in each cell; continuous axes are cut into "
-                 f"{A.HEATMAP_BINS} equal bins (log-equal for log ranges); – marks cells no "
+                 f"{effects.HEATMAP_BINS} equal bins (log-equal for log ranges); – marks cells no "
                  "trial sampled.")
         for hm in s["heatmaps"]:
             doc.figure(fig_heatmap(hm, out), f"{hm['rows']} × {hm['columns']}")
@@ -744,7 +755,7 @@ def jsonable(obj: Any) -> Any:
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
-    obj = A.native(obj)
+    obj = native(obj)
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -777,7 +788,7 @@ def earlier_figures(out: Path) -> list[Path]:
 
 
 def build_report(run_dir: Path, out: Path | None = None, top: int = 5,
-                 n_boot: int = A.N_BOOTSTRAP, seed: int = 0) -> Path:
+                 n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Path:
     """Analyse the run and write report.md, index.html, figures/ and summary.json."""
     run = read_run(Path(run_dir))
     out = Path(out) if out else default_out(run)
