@@ -171,15 +171,7 @@ def verdict(s: dict[str, Any]) -> str:
                          "ranks the top configs differently from test; enlarge it, or average "
                          "several seeds per config before trusting the winner.")
     if p is not None:
-        if p >= CONFIDENT_P:
-            lines.append(f"With re-drawn evaluation examples validation would pick the test "
-                         f"winner {p:.0%} of the time: its choice among these configs can be "
-                         "trusted.")
-        else:
-            lines.append(f"With re-drawn evaluation examples validation would pick the test "
-                         f"winner only {p:.0%} of the time: the leading configs are within "
-                         "evaluation noise of each other, so treat them as equally good (or "
-                         "use a larger validation split) rather than crowning one.")
+        lines.append(_bootstrap_sentence(p))
     if finite(s["spearman"]):
         lines.append(f"Across all trials validation and test rank the configs "
                      f"{rank_strength(s['spearman'])} alike (Spearman {_fmt(s['spearman'])}, "
@@ -195,6 +187,17 @@ def verdict(s: dict[str, Any]) -> str:
         lines.append(f"The winner's test score is {-s['optimism']:.3f} above its validation "
                      "score, so its validation score is not inflated here.")
     return " ".join(lines)
+
+
+def _bootstrap_sentence(p: float) -> str:
+    """What the bootstrap probability that validation picks the test winner means."""
+    if p >= CONFIDENT_P:
+        return (f"With re-drawn evaluation examples validation would pick the test winner "
+                f"{p:.0%} of the time: its choice among these configs can be trusted.")
+    return (f"With re-drawn evaluation examples validation would pick the test winner only "
+            f"{p:.0%} of the time: the leading configs are within evaluation noise of each "
+            "other, so treat them as equally good (or use a larger validation split) rather "
+            "than crowning one.")
 
 
 def _fmt(x: float) -> str:
