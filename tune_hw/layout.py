@@ -40,10 +40,13 @@ PICKLED_STATES = ("search_gen_state-*.json", "searcher-state-*.pkl", "basic-vari
                   "callback-states-*.pkl")
 
 
+TRIAL_DIR_PREFIX = "trial_"
+
+
 def trial_dir_name(trial_id: str) -> str:
     """The directory of a trial inside its run directory (short: Ray's default spells the
     whole config into the path)."""
-    return f"trial_{trial_id}"
+    return f"{TRIAL_DIR_PREFIX}{trial_id}"
 
 
 def check_name(name: str, what: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_hw import ray_files, results
+from tune_hw.results import CONFIG_PREFIX
 from tune_hw.studies import Study
 
 
@@ -47,10 +48,10 @@ def print_best(run: results.Run, study: Study) -> None:
               f"{run.path}")
         return
     best = ranked.iloc[0]
-    searched = [k for k in best.index if k.startswith("config/") and (
-        k.removeprefix("config/") in study.space  # a searched key, or a key of a searched section
-        or k.removeprefix("config/").partition(".")[0] in study.space)]
-    config = {k.removeprefix("config/"): best[k].item() if hasattr(best[k], "item") else best[k]
+    searched = [k for k in best.index if k.startswith(CONFIG_PREFIX) and (
+        k.removeprefix(CONFIG_PREFIX) in study.space  # a searched key, or one of a searched section
+        or k.removeprefix(CONFIG_PREFIX).partition(".")[0] in study.space)]
+    config = {k.removeprefix(CONFIG_PREFIX): best[k].item() if hasattr(best[k], "item") else best[k]
               for k in searched if not results.is_missing(best[k])}
     print(f"best trial {best['trial_id']} (by validation): {config}")
     print(f"  val_acc {best['best_val_acc']:.4f}  val_loss {best['val_loss_at_best']:.4f}  "

@@ -38,7 +38,7 @@ from tune_hw.layout import (
     trial_dir_name,
 )
 from tune_hw.ranking import Ranking
-from tune_hw.results import read_study
+from tune_hw.results import CONFIG_PREFIX, read_study
 from tune_hw.trees import TREE_MODELS
 
 AUTO_RUNS = {"full": [], "quick": ["--quick"]}  # missing runs created on demand, their flags
@@ -164,8 +164,9 @@ def best_trial(run_dir: Path, ref: str) -> str:
     """The id of the run's best neural trial by its study's ranking (a trial without a
     healthy epoch is not ranked; a tree baseline has no weights to give)."""
     usable = results.read_table(run_dir / TRIALS_FILE, ["trial_id", "status", "best_val_acc"])
-    if "config/model.name" in usable:  # a tree baseline has no weights to transfer
-        usable = usable[~usable["config/model.name"].isin(TREE_MODELS)]
+    model_name = f"{CONFIG_PREFIX}model.name"
+    if model_name in usable:  # a tree baseline has no weights to transfer
+        usable = usable[~usable[model_name].isin(TREE_MODELS)]
     ranked = Ranking.of(read_study(run_dir)).ranked(usable.reset_index(drop=True))
     if ranked.empty:
         raise UserError(f"weights run:{ref}: no neural trial of {run_dir} finished an epoch "

@@ -56,8 +56,8 @@ def read_ray_trials(run_dir: Path) -> list[TrialRecord]:
         if trial_dir not in seen:
             rows = read_result_rows(trial_dir)
             trial_id = rows[0].get("trial_id") if rows else None
-            records.append(_trial_record(str(trial_id or trial_dir.name.removeprefix("trial_")),
-                                         trial_dir, None, None))
+            trial_id = trial_id or trial_dir.name.removeprefix(layout.TRIAL_DIR_PREFIX)
+            records.append(_trial_record(str(trial_id), trial_dir, None, None))
     return records
 
 

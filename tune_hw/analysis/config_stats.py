@@ -19,6 +19,7 @@ from tune_hw.analysis import trial_metrics as TM
 from tune_hw.analysis.selection import rank_correlations
 from tune_hw.analysis.trials import N_BOOTSTRAP, scored
 from tune_hw.ranking import DEFAULT_RANKING
+from tune_hw.results import CONFIG_PREFIX
 
 TOP_FRACTION, MIN_TOP = 0.25, 5  # rank agreement among the top quarter by validation, >= 5
 
@@ -40,11 +41,11 @@ def config_table(trials: pd.DataFrame, study: dict[str, Any], n_boot: int = N_BO
         point, boot = _boot_means(t, column, sizes[split], members, rng, n_boot)
         out[f"{name}_mean"] = point
         out[f"{name}_low"], out[f"{name}_high"] = np.percentile(boot, [2.5, 97.5], axis=1)
-    varied = [c for c in t.columns if c.startswith("config/") and
+    varied = [c for c in t.columns if c.startswith(CONFIG_PREFIX) and
               t[c].astype(str).nunique() > 1]
     first = [m[0] for m in members.values()]
     for c in varied:
-        out[c.removeprefix("config/")] = t[c].to_numpy()[first]
+        out[c.removeprefix(CONFIG_PREFIX)] = t[c].to_numpy()[first]
     rank = {c: i for i, c in enumerate(_ranked(t, members))}
     return out.iloc[np.argsort([rank[c] for c in out.config_id])].reset_index(drop=True)
 

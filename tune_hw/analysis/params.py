@@ -13,6 +13,7 @@ from tune_hw.analysis.trials import col, native
 from tune_hw.distributions import Distribution, variant_label
 from tune_hw.layout import STUDY_FILE
 from tune_hw.ranking import finite
+from tune_hw.results import CONFIG_PREFIX
 
 DISCRETE_MAX = 12  # an int parameter with at most this many distinct values is a category
 
@@ -74,7 +75,7 @@ def varied_params(study: dict[str, Any], trials: pd.DataFrame) -> list[ParamSpec
         else:
             specs.extend(_inferred(trials, prefix=col(key) + "."))
     if not space:
-        specs = _inferred(trials, prefix="config/")
+        specs = _inferred(trials, prefix=CONFIG_PREFIX)
     return specs
 
 
@@ -123,7 +124,7 @@ def _inferred(trials: pd.DataFrame, prefix: str) -> list[ParamSpec]:
         if name.startswith(prefix):
             values = trials[name].dropna().unique().tolist()
             if len(values) > 1:
-                specs.append(ParamSpec(name.removeprefix("config/"),
+                specs.append(ParamSpec(name.removeprefix(CONFIG_PREFIX),
                                        Distribution("choice", values=tuple(_sorted(values)))))
     return specs
 
