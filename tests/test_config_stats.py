@@ -1,4 +1,4 @@
-"""Per-config statistics over repeats (tune_hw.config_stats) on hand-made tables."""
+"""Per-config statistics over repeats (tune_hw.analysis.config_stats) on hand-made tables."""
 
 import math
 

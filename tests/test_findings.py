@@ -1,4 +1,5 @@
-"""Claims → verdicts (tune_hw.findings, tune_hw.trial_metrics) on hand-made tables."""
+"""Claims → verdicts (tune_hw.analysis.findings, tune_hw.analysis.trial_metrics) on hand-made
+tables."""
 
 import math
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tune_hw import models, pretrained, results, search, spaces
+from tune_hw import models, pretrained, results, search, studies
 
 STUDIES = ["architectures", "architectures_1d", "lr_extremes", "epochs", "normalization", "width_depth", "deep",
            "batch_size", "pretrain", "transfer"]
@@ -51,9 +51,9 @@ def by(trials: pd.DataFrame, **config) -> pd.Series:
 
 def test_every_study_file_says_which_question_it_answers():
     for name in STUDIES:
-        text = spaces.study_path(name).read_text()
+        text = studies.study_path(name).read_text()
         assert text.startswith("# Question"), name
-        study = spaces.load_study(name, quick=True)
+        study = studies.load_study(name, quick=True)
         assert study.description
 
 
