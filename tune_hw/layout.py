@@ -22,6 +22,9 @@ TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
     "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
 # a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's
 LATEST_STATE_FILE, BEST_STATE_FILE = "latest.pt", "best.pt"
+# every row a trial reported, one JSON object per line, written by the trial before it reports:
+# Ray's result.json lags the trial by its sync period, so a crash can lose rows only this keeps
+TRIAL_ROWS_FILE = "rows.jsonl"
 # the one file of the marker checkpoint each trial reports to Tune once (ray_trial)
 MARKER_FILE = "MARKER.txt"
 
@@ -80,6 +83,7 @@ def restore_inputs(run_dir: Path) -> list[Path]:
 
 
 def trial_dirs(run_dir: Path) -> list[Path]:
-    """The trial directories of a run (Ray writes result.json or params.json into each)."""
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and (
-        (p / RESULT_FILE).is_file() or (p / PARAMS_FILE).is_file()))
+    """The trial directories of a run (Ray writes result.json or params.json into each, the
+    trial its rows file)."""
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and any(
+        (p / name).is_file() for name in (RESULT_FILE, PARAMS_FILE, TRIAL_ROWS_FILE)))

@@ -2,7 +2,8 @@
 in it is ever unpickled here. No Ray is imported either: the report reads a running search.
 
 The experiment state is parsed as JSON (its embedded pickles stay unread hex); each trial
-directory gives its config (params.json), its reports (result.json) and its error (error.txt).
+directory gives its config (params.json), its reports (result.json, completed by the trial's
+own rows.jsonl) and its error (error.txt).
 `read_run` is a run as it stands: its parquet files, or Ray's text files while it runs.
 """
 
@@ -63,7 +64,29 @@ def read_ray_trials(run_dir: Path) -> list[TrialRecord]:
 
 def read_result_rows(trial_dir: Path) -> list[dict[str, Any]]:
     """Tune's result.json: one JSON object per report (a line cut short by a crash is skipped)."""
-    path = trial_dir / layout.RESULT_FILE
+    return read_json_lines(trial_dir / layout.RESULT_FILE)
+
+
+def trial_rows(trial_dir: Path) -> list[dict[str, Any]]:
+    """A trial's reports: Ray's rows, and for each epoch Ray never received (its result.json
+    lags the trial, so a crash loses the newest) the row from the trial's own rows file;
+    in epoch order. Where both hold an epoch, Ray's row wins (it adds Ray's columns, such as
+    time_total_s); a retried epoch keeps its latest report. Rows without an epoch (a reported
+    configuration error) stay last."""
+    ray_rows = read_result_rows(trial_dir)
+    by_epoch = {_epoch(r): r for r in read_json_lines(trial_dir / layout.TRIAL_ROWS_FILE)}
+    by_epoch.update((_epoch(r), r) for r in ray_rows)  # Ray's row carries its own columns
+    by_epoch.pop(None, None)
+    return [by_epoch[e] for e in sorted(by_epoch)] + [r for r in ray_rows if _epoch(r) is None]
+
+
+def _epoch(row: dict[str, Any]) -> int | None:
+    epoch = row.get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per line (a line cut short by a crash is skipped)."""
     rows = []
     for line in (path.read_text(errors="replace").splitlines() if path.is_file() else []):
         try:
@@ -118,7 +141,7 @@ def _trial_record(trial_id: str, trial_dir: Path | None, status: str | None,
         lines = _text_lines(trial_dir / layout.ERROR_FILE) if trial_dir else []
         error = lines[-1] if lines else "trial failed (no error text stored)"
     return TrialRecord(trial_id=trial_id, config=flatten_config(config or {}),
-                       rows=read_result_rows(trial_dir) if trial_dir else [], error=error,
+                       rows=trial_rows(trial_dir) if trial_dir else [], error=error,
                        ended=status in RAY_ENDED)
 
 

@@ -8,6 +8,7 @@ retry, a lost node or --resume continues from) and its best epoch's by the study
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import torch
 from ray import tune
 
 from tune_hw.errors import UserError
-from tune_hw.layout import BEST_STATE_FILE, LATEST_STATE_FILE, MARKER_FILE, trial_dir_name
+from tune_hw.layout import (BEST_STATE_FILE, LATEST_STATE_FILE, MARKER_FILE, TRIAL_ROWS_FILE,
+                            trial_dir_name)
 from tune_hw.metrics import SENTINEL_METRICS
 from tune_hw.ranking import VALIDATION_METRICS, Ranking
 from tune_hw.results import atomic_write
@@ -27,7 +29,11 @@ from tune_hw.training import run_trial
 class TrialStates:
     """A trial's two saved states in its directory of the run, each replaced atomically: the
     latest (retries and --resume continue from it) and its best epoch's by the study's ranking
-    (what `weights: run:` transfers).
+    (what `weights: run:` transfers); and its rows, each appended before Tune hears of it.
+
+    The rows file exists because the latest state runs ahead of Ray's result.json (Ray copies
+    that on its sync period): after a crash, a trial resumed from its state would skip the
+    epochs Ray had not copied yet, and the results would lose them.
 
     Tune itself keeps no checkpoints: for Tune to delete superseded ones it forces a snapshot
     of the whole experiment every few epochs, and each snapshot costs O(trials), so a search
@@ -48,14 +54,22 @@ class TrialStates:
         self.best = state.pop("best", None)
         return state
 
+    def append_row(self, metrics: dict[str, Any]) -> None:
+        """Add one reported row to the trial's rows file (a line cut short by a crash is
+        skipped on reading, as in Ray's result.json)."""
+        self.trial_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.trial_dir / TRIAL_ROWS_FILE, "a", encoding="utf-8") as out:
+            out.write(json.dumps(metrics) + "\n")
+
     def keep_if_best(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
         """Save `state` as the best when its epoch ranks above the best so far."""
         if self.ranking.best_epoch([metrics, self.best] if self.best else [metrics]) is metrics:
             self.best = {k: metrics[k] for k in ("epoch", "diverged", *VALIDATION_METRICS)}
             self._save(BEST_STATE_FILE, state)
 
-    def keep_latest(self, state: dict[str, Any]) -> None:
-        self._save(LATEST_STATE_FILE, {**state, "best": self.best})
+    def keep_latest(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        """Save `state` as the latest, with the row it was reported with (`row`)."""
+        self._save(LATEST_STATE_FILE, {**state, "best": self.best, "row": metrics})
 
     def _save(self, name: str, state: dict[str, Any]) -> None:
         self.trial_dir.mkdir(parents=True, exist_ok=True)
@@ -96,18 +110,30 @@ def tune_trainable(config: dict[str, Any], run_dir: str, ranking: Ranking) -> No
     device, context = ray_context()
     states = TrialStates(Path(run_dir) / trial_dir_name(tune.get_context().get_trial_id()),
                          ranking)
-    marked = [tune.get_checkpoint() is not None]
+    marked, reported = [tune.get_checkpoint() is not None], [False]
 
-    def report(metrics: dict[str, Any], trial_state: dict[str, Any]) -> None:
-        states.keep_if_best(metrics, trial_state)  # before the report: Tune may stop us there
+    def tell_tune(metrics: dict[str, Any]) -> None:
         if marked[0]:
             tune.report(metrics)
         else:
             report_with_marker(metrics)
             marked[0] = True
-        states.keep_latest(trial_state)
+        reported[0] = True
 
+    def report(metrics: dict[str, Any], trial_state: dict[str, Any]) -> None:
+        states.keep_if_best(metrics, trial_state)  # before the report: Tune may stop us there
+        states.append_row(metrics)
+        tell_tune(metrics)
+        states.keep_latest(metrics, trial_state)
+
+    latest = states.latest()
     try:
-        run_trial(config, report, states.latest(), device, context)
+        run_trial(config, report, latest, device, context)
     except UserError as exc:
-        tune.report({**SENTINEL_METRICS, **context, "error": f"UserError: {exc}"})
+        tell_tune({**SENTINEL_METRICS, **context, "error": f"UserError: {exc}"})
+        return
+    if not reported[0] and latest is not None and "row" in latest:
+        # The state already held the last epoch (a crash came after it was saved, perhaps
+        # before Ray heard of it): report that row again, as Tune ends a trial that reports
+        # nothing with an error
+        tell_tune(latest["row"])
