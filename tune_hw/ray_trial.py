@@ -18,8 +18,13 @@ import torch
 from ray import tune
 
 from tune_hw.errors import UserError
-from tune_hw.layout import (BEST_STATE_FILE, LATEST_STATE_FILE, MARKER_FILE, TRIAL_ROWS_FILE,
-                            trial_dir_name)
+from tune_hw.layout import (
+    BEST_STATE_FILE,
+    LATEST_STATE_FILE,
+    MARKER_FILE,
+    TRIAL_ROWS_FILE,
+    trial_dir_name,
+)
 from tune_hw.metrics import SENTINEL_METRICS
 from tune_hw.ranking import VALIDATION_METRICS, Ranking
 from tune_hw.results import atomic_write
