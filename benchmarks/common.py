@@ -1,7 +1,7 @@
 """Shared pieces: statistics, interleaved repeats, the bare PyTorch loop, and tune_hw runs.
 
 Every tune_hw figure comes from the real CLI entry point (`tune_hw.search.main`) or the real
-training loop (`tune_hw.trainable`), so the suite measures the tool, not a copy of it.
+training loop (`tune_hw.training`), so the suite measures the tool, not a copy of it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import torch.nn.functional as F
 
 from benchmarks.machine import tree_cpu_s
 from tune_hw import data, models, results
-from tune_hw.trainable import split_config
+from tune_hw.training import split_config
 
-TORCH_THREADS = 1  # what a 1-CPU Ray trial gets (trainable._set_threads); both sides use it
+TORCH_THREADS = 1  # what a 1-CPU Ray trial gets (ray_trial.set_threads); both sides use it
 STUDY = "lr_batch"
 
 

@@ -1,7 +1,7 @@
 """Case 2, data path: training steps per second of tune_hw's batching vs torch's DataLoader.
 
 The `countries` MLP of lr_batch (width 64, depth 6, SGD with momentum) at batch sizes 1, 16,
-128 and 1024, over the same in-memory tensors. tune_hw's side is `trainable.train_one_epoch`
+128 and 1024, over the same in-memory tensors. tune_hw's side is `training.train_one_epoch`
 itself; the DataLoader side is the textbook loop over `TensorDataset` (shuffle, no worker
 processes: the data is already in memory, and workers would only add copies). A bare
 index-slicing loop is measured too, as the floor both are compared with.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import field, interleave, log, ratio
-from tune_hw import data, models, trainable
+from tune_hw import data, models, training
 
 MODEL = {"width": 64, "depth": 6, "norm": "none"}
 PROFILES = {
@@ -42,7 +42,7 @@ def make_model(splits: data.Splits) -> tuple[torch.nn.Module, torch.optim.Optimi
 def tune_hw_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, split: data.Split,
                   batch_size: int, generator: torch.Generator) -> None:
     """tune_hw's own loop: shuffled index slices of the tensors, with its loss statistics."""
-    trainable.train_one_epoch(model, optimizer, split, batch_size, generator)
+    training.train_one_epoch(model, optimizer, split, batch_size, generator)
 
 
 def dataloader_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,

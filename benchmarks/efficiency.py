@@ -2,7 +2,7 @@
 
 A smaller lr_batch (same model, space and scheduler settings, fewer rows and epochs) is
 searched three ways: tune_hw with Optuna's TPE and ASHA (the study's own setting), tune_hw
-with random search and FIFO, and plain Optuna (`study.optimize` over `trainable.run_trial`,
+with random search and FIFO, and plain Optuna (`study.optimize` over `training.run_trial`,
 TPE with its successive-halving pruner, no Ray, one trial at a time in the peer process).
 Each is scored by the wall time until its best validation accuracy comes within 0.5 points
 of the best FIFO + random found.
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import STUDY, field, interleave, load_run, log, run_search, search_argv
-from tune_hw import spaces, trainable
-from tune_hw.results import Ranking
+from tune_hw import studies, training
+from tune_hw.ranking import Ranking
 
 TOLERANCE = 0.005  # 0.5 accuracy points
 VARIANTS = {"fifo_random": {"search.algorithm": "random", "scheduler.name": "fifo"},
@@ -77,18 +77,21 @@ def optuna_variant(peer: Executor, budget: int, fixed: dict[str, Any]):
 
 
 def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any]:
-    """`study.optimize` over `trainable.run_trial`: the same space, TPE + successive halving."""
+    """`study.optimize` over `training.run_trial`: the same space, TPE + successive halving."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = spaces.load_study(STUDY, overrides={**fixed, "train.seed": seed})
-    base = flat_config(study)
+    study = studies.load_study(STUDY, overrides={**fixed, "train.seed": seed})
+    base = study.fixed_config()
     curve: list[tuple[float, float]] = []
     trial_s: list[float] = []
     started, cpu = time.perf_counter(), time.process_time()
 
+    # each searched key as Optuna's distribution (the study's one translation to Optuna)
+    distributions = {key: dist.to_optuna() for key, dist in study.distributions.items()}
+
     def objective(trial: optuna.Trial) -> float:
-        config = {**base, **{key: suggest(trial, key, spec) for key, spec in study.space.items()}}
+        config = {**base, **trial.params}
         last: dict[str, Any] = {}
         began = time.perf_counter()
 
@@ -100,7 +103,7 @@ def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any
                 trial_s.append(time.perf_counter() - began)
                 raise optuna.TrialPruned()
 
-        trainable.run_trial(config, report)
+        training.run_trial(config, report)
         trial_s.append(time.perf_counter() - began)
         return last["val_acc"]
 
@@ -109,28 +112,17 @@ def plain_optuna(budget: int, fixed: dict[str, Any], seed: int) -> dict[str, Any
         pruner=optuna.pruners.SuccessiveHalvingPruner(
             min_resource=study.scheduler["grace_period"],
             reduction_factor=study.scheduler["reduction_factor"]))
-    optimizer.optimize(objective, n_trials=budget)
+    for _ in range(budget):  # study.optimize, with the distributions given up front
+        trial = optimizer.ask(distributions)
+        try:
+            optimizer.tell(trial, objective(trial))
+        except optuna.TrialPruned:
+            optimizer.tell(trial, state=optuna.trial.TrialState.PRUNED)
     states = [t.state.name.lower() for t in optimizer.trials]
     return {"wall_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
             "curve": curve,
             "best_val_acc": max(acc for _, acc in curve), "test_at_best": None,
             "trial_s": sum(trial_s), "statuses": {s: states.count(s) for s in sorted(set(states))}}
-
-
-def flat_config(study: spaces.Study) -> dict[str, Any]:
-    """The study's fixed values as the flat dotted config the trainable takes."""
-    return {f"{section}.{key}": value for section in spaces.SECTIONS
-            for key, value in getattr(study, section).items()}
-
-
-def suggest(trial: Any, key: str, spec: dict[str, Any]) -> Any:
-    """One study distribution as an Optuna suggestion."""
-    kind, args = next(iter(spec.items()))
-    if kind in ("uniform", "loguniform"):
-        return trial.suggest_float(key, args[0], args[1], log=kind == "loguniform")
-    if kind == "int":
-        return trial.suggest_int(key, int(args[0]), int(args[1]))
-    return trial.suggest_categorical(key, list(args))
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:

@@ -3,7 +3,7 @@
 lr_batch's MLP (width 64, depth 6, SGD + momentum; norm none and batch) on countries and the
 architectures study's CNN (kernel 3, 32 channels, depth 3, Adam) on 1x8x8 digits, at batch
 sizes 1, 16, 128 and 1024 and K = 1, 4, 16, 64, one torch thread. "single" is
-`trainable.train_one_epoch` on one model (what an unfused trial runs per epoch); "fused" is
+`training.train_one_epoch` on one model (what an unfused trial runs per epoch); "fused" is
 `fused.FusedGroup.train_epoch` on K members with their own seeds and learning rates. The
 ratio is the fused steps per second per member over the single model's steps per second.
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import field, interleave, log, ratio
-from tune_hw import data, fused, trainable
+from tune_hw import data, fused, training
 from tune_hw.stacked import StackedNet
 
 COUNTRIES = {"dataset.name": "countries", "model.name": "mlp", "model.width": 64,
@@ -59,7 +59,7 @@ def load(model: str) -> data.Splits:
     dataset = {"name": MODELS[model]["dataset.name"]}
     if dataset["name"] == "countries":
         dataset.update(n_train=20_000, n_val=1000, n_test=1000)
-    return trainable.load_splits(dataset)
+    return training.load_splits(dataset)
 
 
 def rows(split: data.Split, n: int) -> data.Split:
@@ -80,8 +80,8 @@ def timed_epoch(splits: data.Splits, configs: list[dict[str, Any]], fuse: bool,
         group = fused.build_group(configs, splits)
         epoch = lambda: group.train_epoch(split, batch_size)
     else:
-        model, optimizer, generator = fused.build_member(configs[0], splits, "cpu")
-        epoch = lambda: trainable.train_one_epoch(model, optimizer, split, batch_size, generator)
+        model, optimizer, generator = training.build_net(configs[0], splits, "cpu")
+        epoch = lambda: training.train_one_epoch(model, optimizer, split, batch_size, generator)
     wall, cpu = time.perf_counter(), time.thread_time()
     epoch()
     return time.perf_counter() - wall, time.thread_time() - cpu
@@ -146,7 +146,7 @@ def mechanism_variants(model: str, members: int, batch_size: int, splits: data.S
     from torch.func import functional_call, stack_module_state, vmap
 
     configs = member_configs(model, members, batch_size)
-    modules = [fused.build_member(c, splits, "cpu")[0] for c in configs]
+    modules = [training.build_net(c, splits, "cpu")[0] for c in configs]
     index = torch.randint(0, len(splits.train), (members, batch_size),
                           generator=torch.Generator().manual_seed(0))
     x, y = splits.train.x[index], splits.train.y[index]

@@ -66,7 +66,7 @@ def one_time_costs(quick: bool, storage: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "import_torch_s": timed_subprocess(["-c", "import torch"]),
         "import_tune_hw_search_s": timed_subprocess(
-            ["-c", "import torch, ray.tune, tune_hw.search, tune_hw.trainable"])}
+            ["-c", "import torch, ray.tune, tune_hw.search, tune_hw.ray_trial"])}
     log("one-time: python -m tune_hw.search lr_batch --quick (fresh process, starts Ray)")
     out["cli_quick_s"] = timed_subprocess(["-m", "tune_hw.search", "lr_batch", "--quick",
                                            "--storage-path", str(storage), "--name", "cli"])
@@ -77,11 +77,11 @@ def one_time_costs(quick: bool, storage: Path) -> dict[str, Any]:
 
 
 def start_ray() -> float:
-    """tune_hw's own Ray start (search.init_ray), timed; later searches reuse it."""
-    from tune_hw import search
+    """tune_hw's own Ray start (cluster.init_ray), timed; later searches reuse it."""
+    from tune_hw import cluster
 
     started = time.perf_counter()
-    search.init_ray(None)
+    cluster.init_ray(None)
     return time.perf_counter() - started
 
 

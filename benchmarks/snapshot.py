@@ -64,7 +64,7 @@ def tune_checkpoint_trainable(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
-    from tune_hw.trainable import run_trial
+    from tune_hw.training import run_trial
 
     def report(metrics: dict[str, Any], state: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
@@ -78,19 +78,19 @@ def tune_checkpoints_search(storage: Path, name: str, n_trials: int) -> dict[str
     """The same search with per-epoch Tune checkpoints and num_to_keep=2, timed."""
     from ray import cloudpickle, tune
 
-    from tune_hw import search, spaces
+    from tune_hw import studies, tuner
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import us
     space = {f"space.{k}": v for k, v in SPACE.items()}
-    study = spaces.load_study(STUDY, overrides={**CONFIG, **space,
+    study = studies.load_study(STUDY, overrides={**CONFIG, **space,
                                                 "search.num_samples": n_trials})
     metric, mode = study.search["metric"], study.search["mode"]
     tuner = tune.Tuner(
-        search.make_trainable(study, storage / STUDY / name, tune_checkpoint_trainable),
-        param_space=search.param_space(study),
+        tuner.make_trainable(study, storage / STUDY / name, tune_checkpoint_trainable),
+        param_space=tuner.param_space(study),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=n_trials,
-                                    search_alg=search.make_search_alg(study),
-                                    scheduler=search.make_scheduler(study), reuse_actors=True),
+                                    search_alg=tuner.make_search_alg(study),
+                                    scheduler=tuner.make_scheduler(study), reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=str(storage / STUDY), verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(
                                       num_to_keep=2, checkpoint_score_attribute=metric,

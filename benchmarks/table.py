@@ -188,7 +188,7 @@ def overhead(case: dict[str, Any], one_time: dict[str, Any]) -> str:
               f"| `python -c 'import torch'` | {num(one_time['import_torch_s'])} |",
               f"| import torch, ray.tune and tune_hw (the CLI's imports) | "
               f"{num(one_time['import_tune_hw_search_s'])} |",
-              f"| Ray start-up (`search.init_ray`, local) | {num(one_time.get('ray_init_s'))} |"]
+              f"| Ray start-up (`cluster.init_ray`, local) | {num(one_time.get('ray_init_s'))} |"]
     if one_time.get("cli_quick_s") is not None:
         lines.append(f"| whole CLI `python -m tune_hw.search lr_batch --quick` "
                      f"({one_time['cli_quick_trials']} trials, {num(one_time['cli_quick_trial_s'])}"
@@ -206,7 +206,7 @@ def data_path(case: dict[str, Any]) -> str:
         f"Training steps per second of lr_batch's MLP ("
         f"{', '.join(f'{k} {v}' for k, v in case['model'].items())}) with SGD + momentum, "
         f"{case['repeats']} interleaved repeats per batch size. `tune_hw` is "
-        "`trainable.train_one_epoch` (shuffled index slices of in-memory tensors); `DataLoader` "
+        "`training.train_one_epoch` (shuffled index slices of in-memory tensors); `DataLoader` "
         "is `DataLoader(TensorDataset(x, y), batch_size, shuffle=True)` with no worker "
         "processes; `slicing` is the bare slicing loop with nothing else, the floor. Steps per "
         "CPU-second (this thread's CPU time) is the steadier figure on a shared machine.", "",
@@ -231,7 +231,7 @@ def efficiency(case: dict[str, Any]) -> str:
         f"search; {case['repeats']} repeat(s), seed = repeat. Target: the best validation "
         f"accuracy FIFO + random found in the same repeat minus {case['tolerance'] * 100:.1f} "
         "points. tune_hw runs trials concurrently (one per CPU); plain Optuna is "
-        "`study.optimize` in one process over the same `trainable.run_trial` (TPE + "
+        "`study.optimize` in one process over the same `training.run_trial` (TPE + "
         "successive-halving pruner) at the trials' niceness. tune_hw's times include its "
         "per-search start-up (trial worker processes and their imports), and Ray stamps "
         "results in whole seconds.", "",
@@ -296,7 +296,7 @@ def fusion(case: dict[str, Any]) -> str:
     lines = [
         "## 6. Fusion: K stacked members vs one model at a time", "",
         "Training steps per second per member: `fused.FusedGroup.train_epoch` on K members "
-        "(own seeds and learning rates) over one `trainable.train_one_epoch` model, one torch "
+        "(own seeds and learning rates) over one `training.train_one_epoch` model, one torch "
         f"thread, {case['repeats']} interleaved repeats. `mlp`: lr_batch's MLP (width 64, "
         "depth 6, SGD + momentum) on countries, `mlp_bn` with BatchNorm (no batch 1: "
         "BatchNorm cannot train on one row), `cnn`: the architectures study's CNN (kernel 3, "

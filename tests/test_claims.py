@@ -3,11 +3,13 @@
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from tune_hw import analysis, claim_groups, results
+from tune_hw import claim_groups, results
 from tune_hw import claims as C
+from tune_hw.analysis import effects, params
 from tune_hw.claims import Compare, Group, Label, Metric, Selection, Selector, Trend
 from tune_hw.errors import UserError
 
@@ -222,15 +224,21 @@ def test_the_claim_is_named_in_errors_after_the_first():
 
 def test_labels_are_the_gap_labels_and_the_ended_statuses():
     ended = set(results.STATUSES) - {"running", "pending"}
-    assert set(C.LABELS) == set(analysis.GAP_LABELS) | ended
+    assert set(C.LABELS) == set(effects.GAP_LABELS) | ended
 
 
 def test_variant_labels_match_the_reports_labels():
     variants = [{"name": "cnn", "kernel_size": 3, "channels": 32}, {"residual": True,
                                                                      "norm": "batch"},
                 {"name": "resnet18", "mode": "finetune", "weights": "run:pretrain/full"}]
-    for v in variants:
-        assert claim_groups.variant_label(v) == analysis.variant_label(v)
+    study = {"model": {}, "space": {"model": {"grid": variants}}}
+    keys = sorted({k for v in variants for k in v})
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c"],
+                           **{f"config/model.{k}": [v.get(k) for v in variants] for k in keys}})
+    labelled = params.with_variants(trials, study)["config/model"].tolist()  # the report's
+    assert list(claim_groups.study_domains(study)["model"].values) == labelled
+    assert labelled == ["cnn kernel_size=3, channels=32", "residual=True, norm=batch",
+                        "resnet18 mode=finetune, weights=run:pretrain/full"]
 
 
 def test_study_domains_cover_fixed_keys_space_and_section_variants():

@@ -255,11 +255,11 @@ def test_local_dashboard_listens_on_loopback_only(tmp_path):
 def test_searchers_take_the_studys_concurrency_limit(algorithm, max_concurrent, expected):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
-    from tune_hw import search, spaces
+    from tune_hw import studies, tuner
 
     overrides = {"search.algorithm": algorithm, "search.max_concurrent": max_concurrent}
-    study = spaces.load_study("lr_batch", quick=True, overrides=overrides)
-    searcher = search.make_search_alg(study)
+    study = studies.load_study("lr_batch", quick=True, overrides=overrides)
+    searcher = tuner.make_search_alg(study)
     if algorithm == "optuna":
         # Without Ray running there is no cluster to size the limit from: no limiter.
         limited = isinstance(searcher, ConcurrencyLimiter)
@@ -343,3 +343,31 @@ def test_relative_run_weights_resolve_on_every_node(cluster, tmp_path):
     trials = pd.read_parquet(tmp_path / "shared" / "transfer" / "t" / "trials.parquet")
     assert len(trials) == 4 and set(trials.status) == {"completed"}, trials.error.tolist()
     assert set(trials["config/model.weights"].dropna()) == {"run:pretrain/quick"}
+
+
+# ------------------------------------------------------------- the checks, without a cluster
+
+def test_shared_storage_is_recognised_by_path_not_by_prefix(tmp_path, monkeypatch):
+    from tune_hw import cluster
+
+    monkeypatch.delenv("TUNE_HW_SHARED_STORAGE", raising=False)
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw 0 0\n"
+                      "server:/export /mnt/nfs nfs4 rw 0 0\n"
+                      "server:/other /mnt/my\\040share nfs rw 0 0\n")
+    assert cluster.is_network_fs(Path("/mnt/nfs/runs"), mounts)
+    assert cluster.is_network_fs(Path("/mnt/nfs"), mounts)
+    assert not cluster.is_network_fs(Path("/mnt/nfs2/runs"), mounts)  # not under /mnt/nfs
+    assert cluster.is_network_fs(Path("/mnt/my share/runs"), mounts)  # \040 is a space
+
+
+def test_worker_runtime_env_carries_the_storage_root(monkeypatch):
+    from tune_hw import cluster
+
+    monkeypatch.setenv("TUNE_HW_STORAGE", "/shared/runs")
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert cluster.worker_runtime_env() == {"env_vars": {"TUNE_HW_STORAGE": "/shared/runs"}}
+    # inside `ray job submit --runtime-env-json` that sets it, the job's own value stands
+    job = {"runtime_env": {"env_vars": {"TUNE_HW_STORAGE": "/shared/runs"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert cluster.worker_runtime_env() == {}

@@ -1,4 +1,4 @@
-"""Per-config statistics over repeats (tune_hw.config_stats) on hand-made tables."""
+"""Per-config statistics over repeats (tune_hw.analysis.config_stats) on hand-made tables."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tune_hw import config_stats as CS
+from tune_hw.analysis import config_stats as CS
 
 STUDY = {"data_sizes": {"train": 1000, "val": 1000, "test": 1000}}
 

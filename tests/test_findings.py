@@ -1,4 +1,5 @@
-"""Claims → verdicts (tune_hw.findings, tune_hw.trial_metrics) on hand-made tables."""
+"""Claims → verdicts (tune_hw.analysis.findings, tune_hw.analysis.trial_metrics) on hand-made
+tables."""
 
 import math
 
@@ -9,9 +10,9 @@ import yaml
 from scipy import stats
 
 from tune_hw import claims as C
-from tune_hw import config_stats as CS
-from tune_hw import findings as F
-from tune_hw import trial_metrics as TM
+from tune_hw.analysis import config_stats as CS
+from tune_hw.analysis import findings as F
+from tune_hw.analysis import trial_metrics as TM
 
 SIZES = {"train": 1000, "val": 1000, "test": 1000}
 STUDY = {

@@ -1,4 +1,4 @@
-"""Fused trials: every stacked member trains exactly as its unfused trial (trainable.run_trial).
+"""Fused trials: every stacked member trains exactly as its unfused trial (training.run_trial).
 
 Observed on CPU (torch 2.14): members' weights are bit-identical to the unfused models' for
 SGD, Adam and AdamW with MLP (none/batch) and CNN; LayerNorm's per-member affine differs in the
@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from tune_hw import fused, models, stacked, trainable
+from tune_hw import fused, metrics, models, stacked, training
 from tune_hw.fused_optim import StackedOptimizer
 
 COUNTRIES = {"dataset.name": "countries", "dataset.n_train": 512, "dataset.n_val": 256,
@@ -66,7 +66,7 @@ def roundtrip(state):
 
 def unfused(config, state=None, device="cpu"):
     rows, states = [], []
-    trainable.run_trial(config, lambda m, s: (rows.append(m), states.append(roundtrip(s))),
+    training.run_trial(config, lambda m, s: (rows.append(m), states.append(roundtrip(s))),
                         state, device)
     return rows, states
 
@@ -112,10 +112,10 @@ def test_each_member_follows_its_unfused_trial(case):
 
 def test_members_start_bit_identical_to_their_unfused_models():
     configs = members_of("cnn-batch-sgd")
-    splits = trainable.load_splits(trainable.split_config(configs[0])[0])
+    splits = training.load_splits(training.split_config(configs[0])[0])
     group = fused.build_group(configs, splits)
     for i, config in enumerate(configs):
-        model, _, _ = fused.build_member(config, splits, "cpu")
+        model, _, _ = training.build_net(config, splits, "cpu")
         expected, got = model.state_dict(), group.member_state(i)["model"]
         assert list(got) == list(expected)
         assert all(torch.equal(got[k], expected[k]) for k in expected)
@@ -123,14 +123,14 @@ def test_members_start_bit_identical_to_their_unfused_models():
 
 def test_a_diverging_member_leaves_and_never_touches_the_others(monkeypatch):
     # a check every 4 steps: the divergence is caught mid-epoch, as NAN_CHECK_EVERY does
-    monkeypatch.setattr(trainable, "NAN_CHECK_EVERY", 4)
+    monkeypatch.setattr(training, "NAN_CHECK_EVERY", 4)
     configs = members_of("mlp-batch-residual-sgd")
     configs[1] = {**configs[1], "train.lr": 1e3}
     rows, _ = run_fused(configs)
     plain = [unfused(config)[0] for config in configs]
     assert rows[1][-1]["diverged"] and len(rows[1]) == len(plain[1]) < 3
     assert rows[1][-1]["steps"] == plain[1][-1]["steps"] < 16  # stopped at a check
-    assert rows[1][-1]["val_loss"] == trainable.DIVERGED_LOSS
+    assert rows[1][-1]["val_loss"] == metrics.SENTINEL_LOSS
     for i in (0, 2):
         assert not any(r["diverged"] for r in rows[i])
         assert_rows_match(rows[i], plain[i])
@@ -138,7 +138,7 @@ def test_a_diverging_member_leaves_and_never_touches_the_others(monkeypatch):
 
 def test_keep_removes_members_from_every_stacked_tensor():
     configs = members_of("mlp-none-sgd")
-    splits = trainable.load_splits(trainable.split_config(configs[0])[0])
+    splits = training.load_splits(training.split_config(configs[0])[0])
     group = fused.build_group(configs, splits)
     group.train_epoch(splits.train, 32)
     before = group.member_state(2)
@@ -197,10 +197,10 @@ def test_member_checkpoints_resume_fused_or_unfused_exactly(case):
 def test_member_weights_load_into_an_ordinary_model():
     configs = members_of("cnn-none-adam")
     rows, saved = run_fused(configs)
-    splits = trainable.load_splits(trainable.split_config(configs[0])[0])
+    splits = training.load_splits(training.split_config(configs[0])[0])
     model = models.build("cnn", splits.in_shape, splits.num_classes, channels=8, depth=2)
     model.load_state_dict(saved[2][-1]["model"])
-    loss, acc = trainable.evaluate(model, splits.val)
+    loss, acc = metrics.evaluate(model, splits.val)
     assert acc == rows[2][-1]["val_acc"] and loss == pytest.approx(rows[2][-1]["val_loss"])
 
 
@@ -222,11 +222,11 @@ def test_stacked_optimizer_is_torch_optim_per_member(kind):
                 {"lr": 0.03, "momentum": 0.5, "weight_decay": 0.01}]
     plain, stacked_members = [], []
     for seed, hp in enumerate(settings):
-        train = {**trainable.TRAIN_DEFAULTS, **hp, "optimizer": kind}
+        train = {**training.TRAIN_DEFAULTS, **hp, "optimizer": kind}
         for target in (plain, stacked_members):
             torch.manual_seed(seed)
             model = models.build("mlp", (2,), 10, width=8, depth=1, norm="layer")
-            target.append((model, trainable.build_optimizer(model, train)))
+            target.append((model, training.build_optimizer(model, train)))
     net = stacked.StackedNet.from_modules([m for m, _ in stacked_members])
     optimizer = StackedOptimizer.from_torch(net, stacked_members)
     for step in range(4):
@@ -283,7 +283,7 @@ def test_conv1d_stacks_the_same_way():
 def test_only_one_structure_fuses():
     configs = members_of("mlp-none-sgd")
     assert len({fused.structure_key(c) for c in configs}) == 1
-    splits = trainable.load_splits(trainable.split_config(configs[0])[0])
+    splits = training.load_splits(training.split_config(configs[0])[0])
     for change in ({"model.width": 16}, {"train.batch_size": 16}, {"train.optimizer": "adam"}):
         assert fused.structure_key({**configs[0], **change}) != fused.structure_key(configs[0])
         with pytest.raises(ValueError, match="share everything but"):
@@ -308,7 +308,7 @@ def test_fusion_pays_only_where_it_was_measured_to():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_a_group_trains_on_the_gpu_like_its_unfused_trials():
     configs = members_of("cnn-batch-sgd")
-    splits = trainable.load_splits(trainable.split_config(configs[0])[0], "cuda")
+    splits = training.load_splits(training.split_config(configs[0])[0], "cuda")
     group = fused.build_group(configs, splits, "cuda")
     assert group.device.type == "cuda"
     rows = {i: [] for i in range(3)}
@@ -319,11 +319,11 @@ def test_a_group_trains_on_the_gpu_like_its_unfused_trials():
         assert math.isfinite(rows[i][-1]["val_loss"])
 
 
-def test_evaluation_in_chunks_matches_trainable_evaluate(monkeypatch):
+def test_evaluation_in_chunks_matches_metrics_evaluate(monkeypatch):
     configs = members_of("mlp-none-sgd")
-    splits = trainable.load_splits(trainable.split_config(configs[0])[0])
+    splits = training.load_splits(training.split_config(configs[0])[0])
     group = fused.build_group(configs, splits)
-    expected = [trainable.evaluate(fused.build_member(c, splits, "cpu")[0], splits.val)
+    expected = [metrics.evaluate(training.build_net(c, splits, "cpu")[0], splits.val)
                 for c in configs]
     for rows_per_chunk in (100, 4096):  # 33 rows per member and chunk, then one chunk
         monkeypatch.setattr(fused, "EVAL_ROWS", rows_per_chunk)

@@ -50,20 +50,20 @@ def ray_env() -> Iterator[dict[str, str]]:
 PROBE = """
 import json, sys
 import ray
-from tune_hw import trainable
+from tune_hw import ray_trial, training
 
 @ray.remote(num_gpus=0.5)
 def trial(config):
-    device, context = trainable._ray_context()
+    device, context = ray_trial.ray_context()
     dataset = {k.removeprefix("dataset."): v for k, v in config.items() if k.startswith("dataset.")}
     rows = []
-    trainable.run_trial(config, lambda metrics, state: rows.append(
+    training.run_trial(config, lambda metrics, state: rows.append(
         {**metrics, "model_devices": sorted({t.device.type for t in state["model"].values()})}),
         device=device, context=context)
-    splits = trainable.load_splits(dataset, device)
+    splits = training.load_splits(dataset, device)
     return {"device": device, "context": context, "last": rows[-1],
             "data": sorted({s.x.device.type for s in (splits.train, splits.val, splits.test)}),
-            "cached": splits is trainable.load_splits(dataset, device)}
+            "cached": splits is training.load_splits(dataset, device)}
 
 ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
 print(json.dumps(ray.get(trial.remote(json.loads(sys.argv[1])))))

@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from tune_hw import layout, report, results, search
+from tune_hw import cluster, layout, ray_files, report, results, search
 from tune_hw.errors import UserError
 
 psutil = pytest.importorskip("psutil")
@@ -74,7 +74,7 @@ def real_run(tmp_path_factory):
     storage = tmp_path_factory.mktemp("runs")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp}
-    env.pop(search.LOOPBACK_ONLY, None)  # the CLI itself must confine its Ray
+    env.pop(cluster.LOOPBACK_ONLY, None)  # the CLI itself must confine its Ray
     proc = subprocess.Popen([sys.executable, "-m", "tune_hw.search", *STUDY_ARGS,
                              "--storage-path", str(storage)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -133,8 +133,8 @@ def test_a_local_run_listens_on_loopback_only(real_run):
 
 def test_the_report_of_a_running_search_never_unpickles(real_run, tmp_path, monkeypatch):
     storage, run_dir = copy_storage(real_run, tmp_path)
-    written = pd.read_parquet(run_dir / results.TRIALS_FILE)
-    for name in (results.TRIALS_FILE, results.EPOCHS_FILE, results.GRADS_FILE):
+    written = pd.read_parquet(run_dir / layout.TRIALS_FILE)
+    for name in (layout.TRIALS_FILE, layout.EPOCHS_FILE, layout.GRADS_FILE):
         (run_dir / name).unlink(missing_ok=True)
     marker = tmp_path / "payload.ran"
     state_path = layout.newest(run_dir, layout.EXPERIMENT_STATE)
@@ -162,9 +162,9 @@ def test_ray_text_files_give_the_tables_of_rays_own_reader(real_run, tmp_path):
     analysis = ExperimentAnalysis(str(run_dir))  # trusted: this test's own run
     frames = analysis.trial_dataframes
     theirs = [results.TrialRecord(
-        t.trial_id, results.flatten_config(t.config), frames[t.trial_id].to_dict("records"),
-        None, t.status in results.RAY_ENDED) for t in analysis.trials]
-    ours = results.read_ray_trials(run_dir)
+        t.trial_id, ray_files.flatten_config(t.config), frames[t.trial_id].to_dict("records"),
+        None, t.status in ray_files.RAY_ENDED) for t in analysis.trials]
+    ours = ray_files.read_ray_trials(run_dir)
     for a, b in zip(results.build_tables(theirs), results.build_tables(ours), strict=True):
         pd.testing.assert_frame_equal(a, b)
 
@@ -195,12 +195,12 @@ def test_resume_refuses_files_others_could_have_replaced(real_run, tmp_path, cap
     marker = tmp_path / "payload.ran"
     path = tamper(run_dir, storage, marker)
     path.chmod(path.stat().st_mode | 0o020)  # group-writable: anyone in the group could plant
-    before = (run_dir / results.TRIALS_FILE).read_bytes()
+    before = (run_dir / layout.TRIALS_FILE).read_bytes()
     code, err = resume(storage, capsys)
     assert code == 2
     one_error_line(err, f"refusing to resume from {path}: it is writable by others")
     assert not marker.exists()
-    assert (run_dir / results.TRIALS_FILE).read_bytes() == before
+    assert (run_dir / layout.TRIALS_FILE).read_bytes() == before
 
 
 def test_the_trusted_files_are_every_file_rays_restore_loads(real_run):
@@ -242,24 +242,24 @@ def test_a_new_run_never_reuses_a_directory_that_holds_results(real_run, tmp_pat
     storage, run_dir = copy_storage(real_run, tmp_path)
     for path in run_dir.glob(layout.EXPERIMENT_STATE):
         path.unlink()
-    before = (run_dir / results.TRIALS_FILE).read_bytes()
+    before = (run_dir / layout.TRIALS_FILE).read_bytes()
     capsys.readouterr()
     assert search.main([*STUDY_ARGS, "--storage-path", str(storage)]) == 2
     one_error_line(capsys.readouterr().err, "run 'h1' already exists")
     code, err = resume(storage, capsys)
     assert code == 2
     one_error_line(err, "nothing to resume: run 'h1' in")
-    assert (run_dir / results.TRIALS_FILE).read_bytes() == before
+    assert (run_dir / layout.TRIALS_FILE).read_bytes() == before
 
 
 def test_results_are_never_rewritten_with_fewer_trials(tmp_path):
     import report_fixtures as F
 
     F.write_lr_batch_run(tmp_path / "run", n=6)
-    before = (tmp_path / "run" / results.TRIALS_FILE).read_bytes()
+    before = (tmp_path / "run" / layout.TRIALS_FILE).read_bytes()
     with pytest.raises(UserError, match=r"refusing to replace .*\(6 trials\) with 1 trials"):
         results.write_run(tmp_path / "run", F.lr_batch_records(1), F.study_dict())
-    assert (tmp_path / "run" / results.TRIALS_FILE).read_bytes() == before
+    assert (tmp_path / "run" / layout.TRIALS_FILE).read_bytes() == before
 
 
 # --------------------------------------- 3. the report's directory comes from plain names

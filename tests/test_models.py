@@ -1,9 +1,10 @@
-import pickle
+"""The model registry and factory (tune_hw.models): every registered model builds by name."""
+
 
 import pytest
 import torch
 
-from tune_hw import baselines, data, models
+from tune_hw import data, models, trees
 from tune_hw.errors import UserError
 
 CASES = [  # every registered model, on the shapes of a dataset it is studied on
@@ -17,8 +18,8 @@ CASES = [  # every registered model, on the shapes of a dataset it is studied on
 
 
 def test_every_registered_model_has_a_case():
-    # the tree baseline is no torch Module: tests/test_baselines.py covers it
-    assert {name for name, _, _ in CASES} == set(models.MODELS) - baselines.TREE_MODELS
+    # the tree baseline is no torch Module: tests/test_trees.py covers it
+    assert {name for name, _, _ in CASES} == set(models.names()) - trees.TREE_MODELS
 
 
 @pytest.mark.parametrize("name, dataset, hp", CASES)
@@ -33,54 +34,6 @@ def test_model_builds_and_runs_forward_backward(name, dataset, hp):
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("in_shape", [(40,), (3, 40)])
-def test_cnn_on_signals_is_a_conv1d_net_with_batchnorm1d(in_shape):
-    model = models.build("cnn", in_shape, 4, kernel_size=5, channels=6, depth=3, norm="batch")
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
-    assert len(convs) == 3 and convs[0].in_channels == (in_shape[0] if len(in_shape) == 2 else 1)
-    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()) == 3
-    assert not any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    x = torch.randn(8, *in_shape, requires_grad=True)
-    logits = model(x)
-    assert logits.shape == (8, 4)
-    torch.nn.functional.cross_entropy(logits, torch.arange(8) % 4).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
-    # same padding: every position keeps its own output, so the input gradient covers all 40
-    assert (x.grad.abs().sum(0) > 0).all()
-    # kernel_size, channels and depth mean what they mean in 2-D: k*c_in*c_out + c_out per conv
-    c_in = in_shape[0] if len(in_shape) == 2 else 1
-    assert sum(p.numel() for p in model.parameters()) == \
-        (5 * c_in * 6 + 6) + 2 * (5 * 6 * 6 + 6) + 3 * 2 * 6 + (6 * 4 + 4)
-
-
-def test_cnn_with_kernel_size_1_sees_one_position_at_a_time():
-    # kernel 1 + global pooling: permuting the positions cannot change the output; kernel 3 can
-    torch.manual_seed(0)
-    x = torch.randn(16, 2, 40)
-    order = torch.randperm(40)
-    for kernel_size, invariant in ((1, True), (3, False)):
-        model = models.build("cnn", (2, 40), 5, kernel_size=kernel_size, channels=8,
-                             depth=3, norm="batch").eval()
-        same = torch.allclose(model(x), model(x[:, :, order]), atol=1e-5)
-        assert same == invariant, kernel_size
-
-
-def test_cnn_refuses_shapes_it_cannot_convolve():
-    with pytest.raises(UserError, match=r"cnn needs a signal .* got shape \(1, 2, 3, 4\)"):
-        models.build("cnn", (1, 2, 3, 4), 3)
-
-
-def test_mlp_flattens_any_shape():
-    for shape in ((40,), (3, 40), (8, 8), (3, 8, 8)):
-        assert models.build("mlp", shape, 3, width=8)(torch.randn(2, *shape)).shape == (2, 3)
-
-
-def test_mlp_depth_counts_hidden_blocks():
-    model = models.build("mlp", (2,), 10, width=8, depth=100)
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert len(linears) == 102  # input projection + 100 blocks + head
-
-
 def test_unknown_model_and_hyperparameter_errors_list_valid_names():
     with pytest.raises(UserError, match=r"unknown model 'vit': use one of \['cnn', "
                                         r"'hist_gradient_boosting', 'mlp'"):
@@ -89,74 +42,3 @@ def test_unknown_model_and_hyperparameter_errors_list_valid_names():
         models.build("mlp", (2,), 10, colour="red")
     with pytest.raises(UserError, match="model.norm is 'group'"):
         models.build("mlp", (2,), 10, norm="group")
-
-
-def test_linear_probe_trains_only_the_head_and_keeps_backbone_statistics(tmp_path):
-    source = models.build("resnet18", (1, 8, 8), 5)
-    path = tmp_path / "source.pt"
-    torch.save(source.state_dict(), path)
-    probe = models.build("resnet18", (1, 8, 8), 3, mode="linear_probe", weights=str(path))
-    trainable = [n for n, p in probe.named_parameters() if p.requires_grad]
-    assert trainable == ["net.fc.weight", "net.fc.bias"]
-    assert torch.equal(probe.net.conv1.weight, source.conv1.weight)
-    probe.train()
-    assert not probe.net.bn1.training and probe.net.fc.training
-    before = probe.net.bn1.running_mean.clone()
-    probe(torch.rand(8, 1, 8, 8))
-    assert torch.equal(before, probe.net.bn1.running_mean)
-
-
-def test_finetune_needs_weights_and_rejects_unfit_ones(tmp_path):
-    with pytest.raises(UserError, match="needs pretrained weights"):
-        models.build("resnet18", (1, 8, 8), 3, mode="finetune")
-    path = tmp_path / "mlp.pt"
-    torch.save(models.build("mlp", (2,), 3).state_dict(), path)
-    with pytest.raises(UserError, match="do not fit this resnet18"):
-        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(path))
-    with pytest.raises(UserError, match="does not exist"):
-        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(tmp_path / "x.pt"))
-
-
-class _Exploit:
-    def __reduce__(self):
-        return (print, ("pwned",))
-
-
-def test_weights_file_with_pickled_code_is_refused(tmp_path, capsys):
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as f:
-        pickle.dump({"model": _Exploit()}, f)
-    with pytest.raises(UserError, match="cannot be loaded safely"):
-        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(path))
-    assert "pwned" not in capsys.readouterr().out
-
-
-def test_finetune_backbone_lr_gives_the_backbone_its_own_optimizer_group(tmp_path):
-    path = tmp_path / "source.pt"
-    torch.save(models.build("resnet18", (1, 8, 8), 5).state_dict(), path)
-    net = models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(path),
-                       backbone_lr=0.1)
-    head, backbone = models.parameter_groups(net, 0.5)
-    assert len(head["params"]) == 2 and "lr" not in head  # fc weight and bias: train.lr
-    assert backbone["lr"] == pytest.approx(0.05)
-    assert len(head["params"]) + len(backbone["params"]) == len(list(net.parameters()))
-    plain = models.build("mlp", (2,), 3)
-    assert models.parameter_groups(plain, 0.5) == [{"params": list(plain.parameters())}]
-    with pytest.raises(UserError, match="applies to mode finetune only"):
-        models.build("resnet18", (1, 8, 8), 3, backbone_lr=0.1)
-
-
-def test_plain_depth_100_relu_net_vanishes_and_residual_batchnorm_does_not():
-    # the deep study's claim at initialisation: PyTorch's default init shrinks the backward
-    # signal of a plain ReLU stack ~0.4x per layer; residual + BatchNorm keeps it
-    splits = data.load("countries", n_train=256, n_val=8, n_test=8)
-    norms = {}
-    for residual, norm in ((False, "none"), (True, "batch")):
-        torch.manual_seed(0)
-        model = models.build("mlp", (2,), 10, width=64, depth=100, residual=residual, norm=norm)
-        torch.nn.functional.cross_entropy(model(splits.train.x), splits.train.y).backward()
-        norms[norm] = (model.stem[1].weight.grad.norm(), model.head.weight.grad.norm())
-    plain_first, plain_last = norms["none"]
-    assert plain_last > 0 and plain_first < 1e-10 * plain_last
-    bn_first, bn_last = norms["batch"]
-    assert bn_first > 1e-2 * bn_last

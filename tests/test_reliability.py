@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_cli
 
+from tune_hw import ray_files
+
 LONG_EPOCHS = 20  # trials a test catches mid-run through Ray's (lagging) copy of result.json
 SLOW_TRIALS = [  # trials long enough (about a second an epoch) to be interrupted mid-way
     "--quick", "--set", "dataset.n_train=12000", "--set", "space.train.batch_size={grid: [16]}",
@@ -32,6 +34,12 @@ def reported_epochs(run_dir: Path) -> dict[str, list[int]]:
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         out[path.parent.name.removeprefix("trial_")] = [row["epoch"] for row in lines]
     return out
+
+
+def written_epochs(run_dir: Path) -> dict[str, list[int]]:
+    """Every trial's epochs as the trial wrote them to its rows file (no lag, unlike Ray's)."""
+    return {path.parent.name.removeprefix("trial_"):
+            [row["epoch"] for row in ray_files.read_json_lines(path)] for path in run_dir.glob("trial_*/rows.jsonl")}
 
 
 def last_rows(run_dir: Path) -> dict[str, dict]:
@@ -169,7 +177,8 @@ def test_ctrl_c_saves_state_writes_parquet_and_prints_the_resume_command(tmp_pat
             "--storage-path", str(tmp_path), "--name", "i1"]
     run_dir = tmp_path / "lr_batch" / "i1"
     proc = start_search(args, ray_tmp)
-    wait_for(lambda: any(e and e[-1] == 6 for e in reported_epochs(run_dir).values()), 240,
+    # Ray's result.json lags by its sync period, in which the other trials could finish too
+    wait_for(lambda: any(e and e[-1] == 6 for e in written_epochs(run_dir).values()), 240,
              "a finished trial", proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -197,15 +206,15 @@ def test_a_trial_that_keeps_failing_ends_error_and_the_search_finishes(tmp_path,
     import ray
     from ray import cloudpickle  # Ray's vendored copy is the one that pickles trainables
 
-    from tune_hw import search, spaces
+    from tune_hw import outcome, studies, tuner
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    study = spaces.load_study("lr_batch", quick=True,
+    study = studies.load_study("lr_batch", quick=True,
                               overrides={"search.num_samples": 2, "failure.max_failures": 1})
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
-        search.build_tuner(study, tmp_path, "f1", always_failing_trainable).fit()
+        tuner.build_tuner(study, tmp_path, "f1", always_failing_trainable).fit()
         run_dir = tmp_path / "lr_batch" / "f1"
-        search.write_results(run_dir, {"name": "lr_batch"}, study)
+        outcome.write_results(run_dir, {"name": "lr_batch"}, study)
     finally:
         ray.shutdown()
     trials = pd.read_parquet(run_dir / "trials.parquet")
@@ -256,9 +265,9 @@ def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ra
     import ray
     from ray import cloudpickle
 
-    from tune_hw import search, trainable
+    from tune_hw import ray_trial, search
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    monkeypatch.setattr(trainable, "tune_trainable", failing_tune_trainable)
+    monkeypatch.setattr(ray_trial, "tune_trainable", failing_tune_trainable)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
         code = search.main(["lr_batch", "--quick", "--num-samples", "2", "--max-failures", "0",
@@ -277,15 +286,15 @@ def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ra
 def test_a_configuration_error_inside_a_trial_is_not_retried(tmp_path, ray_tmp):
     import ray
 
-    from tune_hw import search, spaces
-    study = spaces.load_study("lr_batch", quick=True, overrides={
+    from tune_hw import outcome, studies, tuner
+    study = studies.load_study("lr_batch", quick=True, overrides={
         "search.num_samples": 2, "failure.max_failures": 2})
     study.train["optimizer"] = "adamx"  # what validation refuses, met inside the trials
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
-        search.build_tuner(study, tmp_path, "config_error").fit()
+        tuner.build_tuner(study, tmp_path, "config_error").fit()
         run_dir = tmp_path / "lr_batch" / "config_error"
-        code = search.write_results(run_dir, study.resolved(), study)
+        code = outcome.write_results(run_dir, study.resolved(), study)
     finally:
         ray.shutdown()
     trials = pd.read_parquet(run_dir / "trials.parquet")
@@ -294,3 +303,33 @@ def test_a_configuration_error_inside_a_trial_is_not_retried(tmp_path, ray_tmp):
     for path in run_dir.glob("trial_*/result.json"):  # one attempt each, not 1 + 2 retries
         assert len(path.read_text().splitlines()) == 1
     assert not list(run_dir.glob("trial_*/error.txt"))
+
+
+def test_a_trial_whose_state_ran_ahead_of_ray_resumes_with_every_epoch(tmp_path, ray_tmp):
+    """What a SIGKILL leaves when it falls in Ray's sync lag, made by hand: the trial's state
+    holds its last epoch, but Ray's experiment state says running and its result.json has
+    only the first epoch. The resume re-reports the state's last row (a trial that trains
+    nothing must still report) and the trial's rows file gives back the epochs Ray lost."""
+    args = ["lr_batch", "--quick", "--set", "search.num_samples=1", "--set",
+            "search.algorithm=random", "--set", "train.epochs=3", "--set", "scheduler.name=fifo",
+            "--storage-path", str(tmp_path), "--name", "lag"]
+    env = {"RAY_TMPDIR": ray_tmp}
+    assert run_cli("tune_hw.search", *args, env=env).returncode == 0
+    run_dir = tmp_path / "lr_batch" / "lag"
+    before = pd.read_parquet(run_dir / "epochs.parquet")
+    (result,) = run_dir.glob("trial_*/result.json")
+    result.write_text(result.read_text().splitlines()[0] + "\n")  # Ray heard of epoch 1 only
+    state_path = max(run_dir.glob("experiment_state-*.json"))
+    state = json.loads(state_path.read_text())
+    trial, runtime = state["trial_data"][0]
+    state["trial_data"][0] = [json.dumps({**json.loads(trial), "status": "RUNNING"}), runtime]
+    state_path.write_text(json.dumps(state))
+    for name in ("trials.parquet", "epochs.parquet", "grads.parquet"):
+        (run_dir / name).unlink(missing_ok=True)  # the crash came before the driver wrote them
+
+    resumed = run_cli("tune_hw.search", *args, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert trials.status.tolist() == ["completed"] and epochs.epoch.tolist() == [1, 2, 3]
+    assert epochs.val_acc.tolist() == pytest.approx(before.val_acc.tolist())

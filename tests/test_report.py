@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report_fixtures as F  # noqa: E402
 
 from tune_hw import report, results  # noqa: E402
+from tune_hw.report import document  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ["overview", "leaderboard", "val-vs-test", "gap", "hyperparameters", "importance",
@@ -439,7 +440,7 @@ def test_each_table_column_has_one_number_format():
     table = pd.DataFrame({"median_best_epoch": [1.0, 2.0, 3.0], "val_acc": [1.0, 0.5, 0.25],
                           "lr": [1e-5, 0.3, 0.01], "value": [1, 16, 1024],
                           "label": ["a", None, "c"]})
-    rows = [line.strip("| ").split(" | ") for line in report._md_table(table).splitlines()[2:]]
+    rows = [line.strip("| ").split(" | ") for line in document.md_table(table).splitlines()[2:]]
     assert rows == [["1", "1.000", "1e-05", "1", "a"],
                     ["2", "0.500", "0.3", "16", "–"],
                     ["3", "0.250", "0.01", "1024", "c"]]

@@ -3,8 +3,9 @@ import math
 import pandas as pd
 import pytest
 
-from tune_hw import results
+from tune_hw import layout, results
 from tune_hw.errors import UserError
+from tune_hw.ranking import Ranking
 
 
 def rows(*val_accs, diverged_last=False):
@@ -76,8 +77,8 @@ def test_a_failed_write_leaves_the_previous_file_readable(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        results._atomic_write(tmp_path / results.TRIALS_FILE, crash)
-    assert pd.read_parquet(tmp_path / results.TRIALS_FILE).trial_id.tolist() == ["a"]
+        results.atomic_write(tmp_path / layout.TRIALS_FILE, crash)
+    assert pd.read_parquet(tmp_path / layout.TRIALS_FILE).trial_id.tolist() == ["a"]
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -100,7 +101,7 @@ def test_best_epoch_follows_the_studys_metric_and_mode():
     for row, loss in zip(rec.rows, [0.9, 0.8, 0.4], strict=True):
         row["val_loss"] = loss  # lowest loss at epoch 3, highest accuracy at epoch 2
     by_acc, _, _ = results.build_tables([rec])
-    by_loss, _, _ = results.build_tables([rec], results.Ranking("val_loss", "min"))
+    by_loss, _, _ = results.build_tables([rec], Ranking("val_loss", "min"))
     assert (by_acc.best_epoch.iloc[0], by_loss.best_epoch.iloc[0]) == (2, 3)
     assert by_loss.val_loss_at_best.iloc[0] == 0.4 and by_loss.best_val_acc.iloc[0] == 0.6
 
@@ -111,21 +112,6 @@ def test_write_run_ranks_by_the_resolved_studys_search(tmp_path):
         row["val_loss"] = loss
     study = {"name": "s", "search": {"metric": "val_loss", "mode": "min"}}
     assert results.write_run(tmp_path, [rec], study).trials.best_epoch.iloc[0] == 3
-
-
-def test_one_tie_break_for_epochs_and_trials():
-    ranking = results.Ranking()
-    rows = [{"epoch": 1, "val_acc": 0.7, "val_loss": 0.9},
-            {"epoch": 2, "val_acc": 0.7, "val_loss": 0.8},  # same accuracy, lower loss: wins
-            {"epoch": 3, "val_acc": 0.7, "val_loss": 0.8}]  # a full tie: the earlier stays
-    assert ranking.best_epoch(rows)["epoch"] == 2
-    trials = pd.DataFrame({"trial_id": list("abcde"),
-                           "best_val_acc": [0.7, 0.7, math.nan, 0.6, 0.7],
-                           "val_loss_at_best": [0.9, 0.8, math.nan, 0.8, 0.8]})
-    # ties on accuracy go to the lower loss, then to the earlier row; c has no score
-    assert ranking.ranked(trials).trial_id.tolist() == ["b", "e", "a", "d"]
-    by_loss = results.Ranking("val_loss", "min")  # ties on loss go to the higher accuracy
-    assert by_loss.ranked(trials).trial_id.tolist() == ["b", "e", "d", "a"]
 
 
 # --------------------------------------------------------------- divergence (defect 2)

@@ -1,190 +1,193 @@
-"""Every study of search_spaces/ runs its quick profile end to end on one shared Ray instance,
-and its parquet files carry what the study's question needs."""
+"""Study files (tune_hw.studies): every shipped study validates, and every broken rule is one
+error naming the file, the key and the fix."""
 
-from __future__ import annotations
+import textwrap
 
-import math
-import os
-
-import pandas as pd
 import pytest
-import torch
 
-from tune_hw import checkpoints, models, results, search, spaces
+from tune_hw import studies, tuner
+from tune_hw.errors import StudyError
+from tune_hw.layout import STUDY_DIR
 
-STUDIES = ["architectures", "architectures_1d", "lr_extremes", "epochs", "normalization", "width_depth", "deep",
-           "batch_size", "pretrain", "transfer"]
-
-
-@pytest.fixture(scope="module")
-def storage(tmp_path_factory):
-    """One Ray for all quick runs; relative run: references resolve under this storage."""
-    import ray
-
-    root = tmp_path_factory.mktemp("runs")
-    previous = os.environ.get("TUNE_HW_STORAGE")
-    os.environ["TUNE_HW_STORAGE"] = str(root)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield root
-    ray.shutdown()
-    if previous is None:
-        os.environ.pop("TUNE_HW_STORAGE", None)
-    else:
-        os.environ["TUNE_HW_STORAGE"] = previous
+GOOD = """
+description: test study
+dataset: {name: countries, n_train: 500}
+model: {name: mlp, width: 16, depth: 2}
+train: {epochs: 3, lr: 0.01, batch_size: 32}
+space:
+  train.lr: {loguniform: [1.0e-4, 1.0]}
+  train.batch_size: {choice: [8, 32]}
+search: {algorithm: optuna, num_samples: 4}
+quick: {num_samples: 2, train.epochs: 1}
+"""
 
 
-def quick(storage, study: str) -> results.Run:
-    """Run `study --quick` in-process, as the CLI does, and read the run back."""
-    code = search.main([study, "--quick", "--storage-path", str(storage), "--name", "quick"])
-    assert code == 0
-    return results.load_run(storage / study / "quick")
+def write(tmp_path, text, name="study.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
 
 
-def by(trials: pd.DataFrame, **config) -> pd.Series:
-    """The one trial whose config matches every given key (dots written as __)."""
-    mask = pd.Series(True, index=trials.index)
-    for key, value in config.items():
-        mask &= trials[f"config/{key.replace('__', '.')}"] == value
-    assert mask.sum() == 1, config
-    return trials[mask].iloc[0]
+@pytest.mark.parametrize("study", sorted(p.stem for p in STUDY_DIR.glob("*.yaml")))
+def test_every_shipped_study_and_its_quick_profile_validate(study):
+    full, quick = studies.load_study(study), studies.load_study(study, quick=True)
+    assert full.description and quick.search["num_samples"] <= full.search["num_samples"]
+    assert tuner.param_space(quick)
 
 
-def test_every_study_file_says_which_question_it_answers():
-    for name in STUDIES:
-        text = spaces.study_path(name).read_text()
-        assert text.startswith("# Question"), name
-        study = spaces.load_study(name, quick=True)
-        assert study.description
+def test_quick_profile_and_overrides_apply_in_order(tmp_path):
+    path = write(tmp_path, GOOD)
+    study = studies.load_study(str(path), quick=True, overrides={"train.epochs": 2})
+    assert study.search["num_samples"] == 2 and study.train["epochs"] == 2
+    assert study.train["momentum"] == 0.0  # defaults filled
+    fixed = studies.load_study(str(path), overrides={"train.lr": 0.5})
+    assert "train.lr" not in fixed.space and fixed.train["lr"] == 0.5
 
 
-def test_architectures_compares_mlps_and_every_cnn_kernel(storage):
-    trials = quick(storage, "architectures").trials
-    assert set(trials.status) == {"completed"}
-    cnn = trials[trials["config/model.name"] == "cnn"]
-    assert sorted(cnn["config/model.kernel_size"]) == [1, 3, 5, 7]
-    assert (trials["config/model.name"] == "mlp").sum() == 3
-    assert trials[["train_acc_at_best", "best_val_acc"]].notna().all().all()
-    # kernel size 1 sees no spatial structure: the fewest parameters of all
-    assert by(trials, model__name="cnn", model__kernel_size=1).num_params == \
-        trials.num_params.min()
+def test_param_space_is_flat_and_dotted(tmp_path):
+    space = tuner.param_space(studies.load_study(str(write(tmp_path, GOOD))))
+    assert space["model.width"] == 16 and space["dataset.name"] == "countries"
+    assert space["train.lr"].lower == 1e-4 and space["train.lr"].upper == 1.0
 
 
-def test_architectures_1d_crosses_every_model_with_ordered_and_shuffled_mnist1d(storage):
-    run = quick(storage, "architectures_1d")
-    trials = run.trials
-    assert set(trials.status) == {"completed"} and len(trials) == 10
-    kernels = trials["config/model.kernel_size"].fillna(0).astype(int)  # 0: the MLP
-    assert set(zip(kernels, trials["config/dataset.shuffle"], strict=True)) == \
-        {(k, shuffle) for k in (0, 1, 3, 5, 7) for shuffle in (False, True)}
-    assert run.study["data_sizes"] == {"train": 500, "val": 800, "test": 1000}
-    # Conv1d on the signals: each layer has k x c_in x c_out weights (a Conv2d would have k^2)
-    cnn = trials[trials["config/model.name"] == "cnn"]
-    params = dict(zip(cnn["config/model.kernel_size"], cnn.num_params, strict=True))
-    assert params == {k: (32 * k + 32) + 2 * (32 * 32 * k + 32) + (32 * 10 + 10)
-                      for k in (1, 3, 5, 7)}
-    mlp = trials[trials["config/model.name"] == "mlp"]
-    assert (mlp.num_params == (40 * 256 + 256) + 2 * (256 * 256 + 256) + (256 * 10 + 10)).all()
+BAD = [  # (replace this, with that, message fragment)
+    ("description: test study", "description: [unclosed", "invalid YAML at line"),
+    ("description: test study", "colour: red", "unknown key(s) ['colour']"),
+    ("{name: mlp, width: 16, depth: 2}", "{name: vit}", "unknown model 'vit'"),
+    ("{name: mlp, width: 16, depth: 2}", "{name: mlp, colour: 2}", "no hyperparameter(s) ['colour']"),
+    ("{name: countries, n_train: 500}", "{name: imagenet}", "unknown dataset 'imagenet'"),
+    ("{name: countries, n_train: 500}", "{name: countries, size: 3}", "no option(s) ['size']"),
+    ("lr: 0.01, batch_size: 32}", "lr: 0.01, batch_size: 32, optimizer: lion}", "train.optimizer is 'lion'"),
+    ("[1.0e-4, 1.0]", "[1.0, 1.0e-4]", "low must be < high"),
+    ("{loguniform: [1.0e-4, 1.0]}", "{loguniform: [0, 1.0]}", "a log range must be > 0"),
+    ("[1.0e-4, 1.0]", "[1e-4, 1.0]", "'1e-4' is a string"),
+    ("lr: 0.01, batch_size", "lr: 1e-2, batch_size", "train.lr must be float, got '1e-2' (YAML reads"),
+    ("{algorithm: optuna, num_samples: 4}", "{algorithm: optuna, num_samples: 0}", "num_samples must be >= 1"),
+    ("{epochs: 3,", "{epochs: -1,", "train.epochs must be >= 1"),
+    ("{algorithm: optuna, num_samples: 4}", "{algorithm: hyperband}", "search.algorithm is 'hyperband'"),
+    ("{algorithm: optuna, num_samples: 4}", "{metric: test_acc}", "search.metric is 'test_acc'"),
+    ("{choice: [8, 32]}", "{grid: [8, 32]}", "grid is not supported by optuna"),
+    ("{choice: [8, 32]}", "{normal: [8, 32]}", "must be one distribution of"),
+    ("space:\n  train.lr: {loguniform: [1.0e-4, 1.0]}\n  train.batch_size: {choice: [8, 32]}",
+     "space: {}", "space is empty"),
+    ("train.batch_size:", "optim.batch_size:", "must start with one of"),
+    ("description: test study", "description: !!python/object/apply:os.system [echo hi]", "invalid YAML"),
+]
 
 
-def test_lr_extremes_records_divergence_without_retry(storage):
-    run = quick(storage, "lr_extremes")
-    trials = run.trials
-    assert len(trials) == 12 and set(trials.status) <= {"completed", "diverged"}
-    high = trials[trials["config/train.lr"] == 1.0]
-    assert len(high) == 3
-    for _, trial in high.iterrows():  # lr 1.0 either blows up or stalls near chance (0.1)
-        assert trial.status == "diverged" or trial.final_val_acc < 0.2
-    gelu = by(trials, model__activation="gelu", train__lr=1.0)
-    assert gelu.status == "diverged" and pd.isna(gelu.error)
-    rows = run.epochs[run.epochs.trial_id == gelu.trial_id]
-    assert rows.epoch.tolist() == [1] and rows.diverged.tolist() == [True]  # not retried
-    # the epoch measured nothing (the searcher was shown sentinels; the parquet holds none)
-    assert math.isnan(rows.val_acc.iloc[0]) and math.isnan(rows.step_loss_std.iloc[0])
-    assert math.isnan(gelu.best_val_acc) and math.isnan(gelu.best_epoch)
+@pytest.mark.parametrize("old, new, message", BAD)
+def test_bad_study_files_name_file_key_and_fix(tmp_path, old, new, message):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(StudyError) as info:
+        studies.load_study(str(path))
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
 
 
-def test_epochs_keeps_best_and_final_metrics(storage):
-    run = quick(storage, "epochs")
-    trials, epochs = run.trials, run.epochs
-    assert len(trials) == 3 and (trials.final_epoch == 4).all()
-    for _, trial in trials.iterrows():
-        rows = epochs[epochs.trial_id == trial.trial_id].set_index("epoch")
-        assert trial.best_val_acc == rows.val_acc.max()
-        at_best = rows.loc[trial.best_epoch]
-        assert trial.val_loss_at_best == at_best.val_loss
-        assert trial.test_acc_at_best == at_best.test_acc
-        assert trial.final_val_acc == rows.val_acc.loc[4]
+def test_unknown_study_name_lists_the_shipped_ones():
+    with pytest.raises(studies.UserError, match=r"unknown study 'nope': use one of \[.*'lr_batch'"):
+        studies.load_study("nope")
 
 
-def test_normalization_crosses_norms_and_learning_rates(storage):
-    run = quick(storage, "normalization")
-    trials = run.trials
-    pairs = set(zip(trials["config/model.norm"], trials["config/train.lr"], strict=True))
-    assert pairs == {(n, lr) for n in ("none", "batch", "layer")
-                     for lr in (1e-3, 1e-2, 1e-1, 1.0)}
-    assert len(run.epochs) == 12 * 2  # every learning curve is whole (FIFO)
-    # BatchNorm and LayerNorm add their affine parameters to the same MLP
-    assert by(trials, model__norm="batch", train__lr=0.01).num_params == \
-        by(trials, model__norm="none", train__lr=0.01).num_params + 2 * 64 * 6
+def test_grid_defaults_to_one_pass_and_section_variants(tmp_path):
+    text = GOOD.replace("search: {algorithm: optuna, num_samples: 4}", "search: {algorithm: grid}")
+    text = text.replace("{loguniform: [1.0e-4, 1.0]}", "{grid: [0.1, 0.01]}")
+    text = text.replace("{choice: [8, 32]}", "{grid: [8, 32]}")
+    study = studies.load_study(str(write(tmp_path, text)))
+    assert study.search["num_samples"] == 1
+    assert len(studies.section_variants(study, "train")) == 4
 
 
-def test_width_depth_is_a_full_grid(storage):
-    trials = quick(storage, "width_depth").trials
-    grid = set(zip(trials["config/model.width"], trials["config/model.depth"], strict=True))
-    assert grid == {(w, d) for w in (16, 32, 64, 128) for d in (1, 2, 6, 10)}
-    for depth in (1, 2, 6, 10):
-        sizes = trials[trials["config/model.depth"] == depth].sort_values("config/model.width")
-        assert sizes.num_params.is_monotonic_increasing
+def test_a_searched_section_and_keys_inside_it_are_refused(tmp_path):
+    text = GOOD.replace("  train.batch_size: {choice: [8, 32]}",
+                        "  train.batch_size: {choice: [8, 32]}\n"
+                        "  model: {choice: [{name: mlp, width: 8}, {name: mlp, width: 16}]}\n"
+                        "  model.depth: {choice: [1, 2]}")
+    text = text.replace("{algorithm: optuna, num_samples: 4}", "{algorithm: random, num_samples: 4}")
+    with pytest.raises(StudyError, match="searches the whole section and space also searches"):
+        studies.load_study(str(write(tmp_path, text)))
 
 
-def test_deep_tracks_every_layer_and_the_plain_net_vanishes(storage):
-    run = quick(storage, "deep")
-    trials, grads = run.trials, run.grads
-    assert len(trials) == 3 and set(trials.status) == {"completed"}
-    assert (grads.groupby(["trial_id", "epoch"]).layer.count() == 102).all()
-    first_last = {}
-    for _, trial in trials.iterrows():
-        norms = grads[grads.trial_id == trial.trial_id].sort_values("layer").grad_norm
-        first_last[(trial["config/model.residual"], trial["config/model.norm"])] = \
-            (norms.iloc[0], norms.iloc[-1])
-    plain_first, plain_last = first_last[(False, "none")]
-    assert plain_last > 0 and plain_first < 1e-6 * plain_last  # vanished on the way down
-    bn_first, bn_last = first_last[(True, "batch")]
-    assert bn_first > 1e-2 * bn_last
-    assert names_run_input_to_output(grads)
+@pytest.mark.parametrize("dataset, message", [
+    ("{name: 'npz:/data/x.npz', label: y}",
+     "dataset 'npz:/data/x.npz' has no option(s) ['label']: it takes ['layout', 'seed', "
+     "'test_fraction', 'val_fraction']"),
+    ("{name: 'imagefolder:/pics', colour: true}", "has no option(s) ['colour']"),
+    ("{name: mnist1d, val_fraction: lots}", "dataset.val_fraction must be float, got 'lots'"),
+    ("{name: mnist1d, shuffle: 1}", "dataset.shuffle must be bool, got 1"),
+    ("{name: 'npz:'}", "dataset 'npz:' names no path: write npz:PATH"),
+    ("{name: 'hdf5:/x.h5'}", "unknown dataset 'hdf5:/x.h5': use one of ['cifar10', 'countries', "
+     "'csv:PATH', 'digits', 'fashion_mnist', 'imagefolder:DIR', 'mnist', 'mnist1d', 'npz:PATH', "
+     "'parquet:PATH', 'svhn']"),
+])
+def test_dataset_options_are_checked_for_every_loader(tmp_path, dataset, message):
+    path = write(tmp_path, GOOD.replace("{name: countries, n_train: 500}", dataset))
+    with pytest.raises(StudyError) as caught:
+        studies.load_study(str(path))
+    assert str(path) in str(caught.value) and message in str(caught.value)
 
 
-def names_run_input_to_output(grads: pd.DataFrame) -> bool:
-    one = grads[grads.trial_id == grads.trial_id.iloc[0]].sort_values("layer")
-    names = one.name.tolist()
-    return names[0] == "stem.1" and names[1] == "blocks.0.linear" and names[-1] == "head"
+# Searched values obey the rules of fixed values: every choice/grid value and both bounds of a
+# range pass the same check as a fixed key, before anything runs.
+SEARCHED_BAD = [  # (space entries added to GOOD's, message fragments)
+    ("train.lrr: {loguniform: [1.0e-4, 1.0e-1]}", ["space.train.lrr", "unknown key(s) ['lrr']"]),
+    ("train.optimizer: {choice: [sgd, adamx]}",
+     ["space.train.optimizer = 'adamx'", "train.optimizer is 'adamx': use one of"]),
+    ("train.lr: {uniform: [-1, 0.1]}", ["space.train.lr = -1.0", "train.lr must be > 0"]),
+    ("train.batch_size: {choice: [0, 16]}", ["space.train.batch_size = 0",
+                                            "train.batch_size must be >= 1, got 0"]),
+    ("train.epochs: {choice: [0, 2]}", ["train.epochs must be >= 1, got 0"]),
+    ("train.batch_size: {uniform: [1, 64]}", ["train.batch_size must be int, got 1.0",
+                                             "a searched int key takes int:"]),
+    ("train.momentum: {grid: [0.9, -0.5]}", ["train.momentum must be >= 0, got -0.5"]),
+    ("train: {choice: [{optimizer: sgd}, {optimizer: lion}]}",
+     ["space.train = {'optimizer': 'lion'}", "train.optimizer is 'lion'"]),
+    ("model.width: {choice: [16, 32.5]}", ["model.width must be int, got 32.5"]),
+    ("dataset.n_train: {uniform: [100.0, 400.0]}", ["dataset.n_train must be int, got 100.0"]),
+]
 
 
-def test_batch_size_records_steps_and_step_loss_noise(storage):
-    run = quick(storage, "batch_size")
-    trials, epochs = run.trials, run.epochs
-    assert sorted(trials["config/train.batch_size"]) == [1, 16, 128, 1024]
-    assert trials["config/train.lr"].nunique() == 4  # lr is drawn anew for each batch size
-    for _, trial in trials.iterrows():
-        row = epochs[epochs.trial_id == trial.trial_id].iloc[0]
-        size = trial["config/train.batch_size"]
-        assert row.steps == math.ceil(1024 / size)
-        if size < 1024 and trial.status != "diverged":
-            assert row.step_loss_std > 0
-    assert epochs[epochs.steps == 1].step_loss_std.iloc[0] == 0.0  # one step, no spread
+@pytest.mark.parametrize("entry, messages", SEARCHED_BAD)
+def test_searched_values_obey_the_rules_of_fixed_values(tmp_path, entry, messages):
+    key = entry.split(":")[0]  # an entry for a key GOOD searches replaces it (no duplicate keys)
+    base = "".join(line for line in GOOD.splitlines(keepends=True)
+                   if not line.startswith(f"  {key}:"))
+    text = base.replace("space:\n", f"space:\n  {entry}\n")
+    if entry.startswith("train:"):  # a whole searched section: no dotted train keys beside it
+        text = text.replace("  train.lr: {loguniform: [1.0e-4, 1.0]}\n", "").replace(
+            "  train.batch_size: {choice: [8, 32]}\n", "")
+    if "{choice: [{" in entry or "{grid:" in entry:
+        text = text.replace("{algorithm: optuna, num_samples: 4}",
+                            "{algorithm: random, num_samples: 4}")
+    path = write(tmp_path, text)
+    with pytest.raises(StudyError) as info:
+        studies.load_study(str(path))
+    assert str(path) in str(info.value)
+    for message in messages:
+        assert message in str(info.value)
 
 
-def test_transfer_chain_loads_the_pretrain_checkpoint(storage):
-    pretrain = quick(storage, "pretrain")
-    assert len(pretrain.trials) == 1 and pretrain.trials.status.iloc[0] == "completed"
-    trials = quick(storage, "transfer").trials
-    assert set(trials.status) == {"completed"}
-    modes = trials.set_index(trials["config/model.mode"].fillna(trials["config/model.name"]))
-    assert set(modes.index) == {"scratch", "linear_probe", "finetune", "hist_gradient_boosting"}
-    assert modes.loc["finetune", "config/model.weights"] == "run:pretrain/quick"
-    assert modes.loc["hist_gradient_boosting", "num_params"] > 0  # tree nodes
-    assert modes.loc["hist_gradient_boosting", "best_val_acc"] > 0.4  # chance is 0.2
-    # the source weights really reach the target model (conv layers; the head is new)
-    state = torch.load(checkpoints.best_run_checkpoint("pretrain/quick"), weights_only=True)
-    net = models.build("resnet18", (1, 8, 8), 5, mode="finetune", weights="run:pretrain/quick")
-    assert torch.equal(net.layer1[0].conv1.weight, state["model"]["layer1.0.conv1.weight"])
+@pytest.mark.parametrize("old, new, message", [
+    ("batch_size: 32}", "batch_size: 32.0}", "train.batch_size must be int, got 32.0"),
+    ("lr: 0.01,", "lr: .nan,", "train.lr must be a finite number, got nan"),
+    ("width: 16,", "width: 16.0,", "model.width must be int, got 16.0"),
+])
+def test_fixed_values_must_have_their_type_and_be_finite(tmp_path, old, new, message):
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(StudyError, match=None) as info:
+        studies.load_study(str(path))
+    assert message in str(info.value)
+
+
+def test_cpus_per_trial_nan_is_refused():
+    with pytest.raises(StudyError, match="resources.cpu must be a finite number, got nan"):
+        studies.load_study("lr_batch", overrides={"resources.cpu": float("nan")})
+
+
+def test_ranges_are_checked_at_both_bounds(tmp_path):
+    text = GOOD.replace("{loguniform: [1.0e-4, 1.0]}", "{int: [1, 64]}").replace(
+        "  train.lr:", "  train.epochs:")
+    study = studies.load_study(str(write(tmp_path, text)))
+    epochs = sorted({v["epochs"] for v in studies.section_variants(study, "train")})
+    assert epochs == [1, 64] and all(isinstance(e, int) for e in epochs)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from tune_hw import strict_yaml
+from tune_hw.distributions import Distribution, variant_label
 from tune_hw.errors import UserError
 
 SECTIONS = ("dataset", "model", "train")
@@ -129,7 +131,7 @@ def _range(key: str, value: dict, domain: KeyDomain, ctx: ClaimContext) -> Selec
 
 def check_value(key: str, value: Any, domain: KeyDomain, ctx: ClaimContext) -> None:
     hint = " (YAML reads it as text: write it with a dot, e.g. 1.0e-4)" \
-        if isinstance(value, str) and _looks_numeric(value) else ""
+        if isinstance(value, str) and strict_yaml.looks_numeric(value) else ""
     if domain.values:
         if not any(same_value(value, v) for v in domain.values):
             raise ctx.fail(key, f"{value!r} is not a value of this study{hint}",
@@ -151,20 +153,20 @@ def same_value(a: Any, b: Any) -> bool:
 
 # ------------------------------------------------------------------------ study domains
 
-def study_domains(study: dict[str, Any]) -> dict[str, KeyDomain]:
+def study_domains(study: dict[str, Any], where: str = "the study") -> dict[str, KeyDomain]:
     """Every key a claim may select on, with the values (or range) the study gives it."""
     domains: dict[str, KeyDomain] = {}
     for section in SECTIONS:
         for k, v in (study.get(section) or {}).items():
             domains[f"{section}.{k}"] = KeyDomain((v,))
     for key, spec in (study.get("space") or {}).items():
-        kind, args = next(iter(spec.items())) if isinstance(spec, dict) and spec else ("", [])
-        if kind in ("uniform", "loguniform", "int"):
-            domains[key] = KeyDomain((), float(args[0]), float(args[1]))
-        elif "." not in key and all(isinstance(a, dict) for a in args):
-            domains.update(_section_domains(key, study.get(key) or {}, args))
+        dist = Distribution.parse(spec, f"space.{key}", where)
+        if dist.is_range:
+            domains[key] = KeyDomain((), float(dist.low), float(dist.high))
+        elif "." not in key and dist.mappings():
+            domains.update(_section_domains(key, study.get(key) or {}, dist.mappings()))
         else:
-            domains[key] = KeyDomain(tuple(args))
+            domains[key] = KeyDomain(dist.values)
     return domains
 
 
@@ -182,19 +184,13 @@ def _section_domains(section: str, fixed: dict, variants: list[dict]) -> dict[st
     return out
 
 
-def variant_label(variant: dict[str, Any]) -> str:
-    """{name: cnn, kernel_size: 3} -> `cnn kernel_size=3` (as tune_hw.analysis labels it)."""
-    rest = ", ".join(f"{k}={v}" for k, v in variant.items() if k != "name")
-    return f"{variant['name']} {rest}".strip() if "name" in variant else rest
-
-
 # ------------------------------------------------------------------------------ helpers
 
 def num(value: Any, key: str, ctx: ClaimContext) -> float:
     if _is_number(value):
         return float(value)
     hint = " (YAML reads it as text: write it with a dot, e.g. 1.0e-4)" \
-        if isinstance(value, str) and _looks_numeric(value) else ""
+        if isinstance(value, str) and strict_yaml.looks_numeric(value) else ""
     raise ctx.fail(key, f"must be a number, got {value!r}{hint}", "give a number")
 
 
@@ -205,14 +201,6 @@ def _is_number(value: Any) -> bool:
 
 def orderable(value: Any) -> bool:
     return isinstance(value, (bool, int, float))
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def varied_keys(domains: dict[str, KeyDomain]) -> list[str]:

@@ -1,7 +1,7 @@
 """The claim language: a study's expected findings, stated as data and validated like any key.
 
 A study file may carry `claims:`, a list of small declarative statements; the report tests
-each against the run (`tune_hw.findings`) and says `supported`, `contradicted` or
+each against the run (`tune_hw.analysis.findings`) and says `supported`, `contradicted` or
 `inconclusive`, with an effect, its 95% interval and the number of trials it rests on.
 
     claim   := name: TEXT   KIND   [where: GROUP]      # where: only these trials count
@@ -41,7 +41,7 @@ Labels: the gap labels `diverged`, `underfit`, `overfit`, `good` and the statuse
 `early_stopped`, `error`; a list means any of them ("diverged or stalled").
 
 Effect and claimed side, per form (a group's value is the mean of its trials' metric; the
-95% interval, what it resamples and the verdict rule are described in tune_hw.findings):
+95% interval, what it resamples and the verdict rule are described in tune_hw.analysis.findings):
     higher/lower   min over lower groups of higher − lower;  claimed > by (default 0)
     more_in        (higher − lower in more_in) − (higher − lower in than_in);  claimed > by
     order          min over neighbours of earlier − later;  claimed > by
@@ -98,7 +98,7 @@ METRICS: dict[str, tuple[str | None, Any]] = {
     "grad_ratio": ("epoch", "first"), "best_epoch_before_final": (None, None),
     "val_below_train_running": ("epoch", 1),
 }
-# the gap labels of tune_hw.analysis and the ended statuses of tune_hw.results
+# the gap labels of tune_hw.analysis.effects and the ended statuses of tune_hw.results
 # (tests/test_claims.py checks they agree; this module stays free of pandas)
 LABELS = ("diverged", "underfit", "overfit", "good", "completed", "early_stopped", "error")
 SELECTIONS = ("test_winner",)
@@ -175,7 +175,7 @@ def parse_claims(raw: Any, study: dict[str, Any], where: str) -> tuple[Claim, ..
     if not isinstance(raw, list):
         raise UserError(f"{where}: claims must be a list of mappings, got "
                         f"{type(raw).__name__}; write each claim as '- name: ...'")
-    domains = G.study_domains(study)
+    domains = G.study_domains(study, where)
     claims, names = [], set()
     for index, item in enumerate(raw):
         claim = parse_claim(item, study, domains, ClaimContext(where, index))

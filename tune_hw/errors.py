@@ -9,6 +9,10 @@ class UserError(Exception):
     """A problem with the user's input that the user can fix; the message says how."""
 
 
+class StudyError(UserError):
+    """A study file breaks a rule; the message names file, key and fix."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose mistakes are one `error: ...` line and exit 2, like a UserError's."""
 

@@ -1,18 +1,19 @@
 """Fused trials: K configs of one architecture trained as one stacked computation.
 
 Members share everything that shapes the computation (`structure_key`) and differ in `lr`,
-`momentum`, `weight_decay` and `seed`. Each member is built exactly as `trainable.run_trial`
-builds its trial (seeded model, torch.optim optimizer, its own batch-order generator), then
+`momentum`, `weight_decay` and `seed`. Each member is built by `training.build_net`, as its
+trial would be (seeded model, torch.optim optimizer, its own batch-order generator), then
 stacked (`stacked.StackedNet`), so its curve is the unfused trial's to float tolerance.
 
     group = build_group(configs, splits, device)        # or states=[...] to resume
-    stats = group.train_epoch(splits.train, batch_size)  # {member id: trainable.EpochStats}
+    stats = group.train_epoch(splits.train, batch_size)  # {member id: metrics.EpochStats}
     metrics = group.epoch_metrics(splits)                # {member id: dict | None}
     group.member_state(i)                                # run_trial's checkpoint format
     group.keep([ids])                                    # stopped/diverged members leave
 
-`run_group(configs, report)` is `run_trial` for a group: one metric row and state per member
-and epoch, through `report(member, metrics, state)`, which returns False to stop that member.
+`run_group(configs, report)` is `training.run_trial` for a group: the same metric row
+(`metrics.epoch_row`) and state per member and epoch, through `report(member, metrics, state)`,
+which returns False to stop that member.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tune_hw import data, models, trainable
+from tune_hw import data, metrics, nets, training
 from tune_hw.fused_optim import StackedOptimizer
 from tune_hw.stacked import StackedNet
 
 MEMBER_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "train.seed")
 FUSABLE_MODELS = ("mlp", "cnn")
-EVAL_ROWS = 4096  # rows x members per evaluation chunk (trainable.evaluate's 4096 at K = 1)
+EVAL_ROWS = 4096  # rows x members per evaluation chunk (metrics.evaluate's 4096 at K = 1)
 
 MemberReporter = Callable[[int, dict[str, Any], dict[str, Any]], "bool | None"]
 
@@ -62,7 +63,7 @@ FUSION_PAYS = {"mlp": {1: 64, 16: 64, 128: 16, 1024: 0}, "cnn": {1: 64, 16: 64, 
 
 def structure_key(config: dict[str, Any]) -> str:
     """What members of one group must share: the config without the per-member keys."""
-    dataset, hp, train = trainable.split_config(config)
+    dataset, hp, train = training.split_config(config)
     train = {k: v for k, v in train.items() if f"train.{k}" not in MEMBER_KEYS}
     return repr(sorted({"dataset": dataset, "model": hp, "train": train}.items()))
 
@@ -73,21 +74,6 @@ def fusion_pays(arch: str, batch_size: int, device: str = "cpu") -> int:
     rows = FUSION_PAYS.get(arch, {})
     measured = [b for b in sorted(rows) if b >= batch_size]
     return rows[measured[0]] if measured else 0
-
-
-def build_member(config: dict[str, Any], splits: data.Splits, device: str,
-                 state: dict[str, Any] | None = None):
-    """(model, optimizer, generator) exactly as run_trial builds and resumes them."""
-    _, hp, train = trainable.split_config(config)
-    torch.manual_seed(train["seed"])
-    model = models.build(hp.pop("name"), splits.in_shape, splits.num_classes, **hp).to(device)
-    optimizer = trainable.build_optimizer(model, train)
-    generator = torch.Generator().manual_seed(train["seed"])
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-    return model, optimizer, generator
 
 
 class FusedGroup:
@@ -130,8 +116,8 @@ class FusedGroup:
                 "generator": self.generators[k].get_state()}
 
     def train_epoch(self, split: data.Split, batch_size: int,
-                    grad_sums: torch.Tensor | None = None) -> dict[int, trainable.EpochStats]:
-        """One pass per member over its own shuffle of `split`, as trainable.train_one_epoch.
+                    grad_sums: torch.Tensor | None = None) -> dict[int, metrics.EpochStats]:
+        """One pass per member over its own shuffle of `split`, as training.train_one_epoch.
 
         `grad_sums` (layers x K) accumulates each tracked weight's gradient norm per step.
         """
@@ -159,7 +145,7 @@ class FusedGroup:
                 grad_sums += self.net.grad_norms()
             self.optimizer.step()
             losses[step] = member_losses.detach()
-            if step % trainable.NAN_CHECK_EVERY == trainable.NAN_CHECK_EVERY - 1:
+            if step % training.NAN_CHECK_EVERY == training.NAN_CHECK_EVERY - 1:
                 if self._note_non_finite(member_losses, stopped_at, step + 1):
                     return losses[:step + 1]  # every member diverged: nothing left to train
         return losses
@@ -179,7 +165,7 @@ class FusedGroup:
         return all(stopped_at)
 
     def _epoch_stats(self, losses: torch.Tensor, stopped_at: list[int]
-                     ) -> dict[int, trainable.EpochStats]:
+                     ) -> dict[int, metrics.EpochStats]:
         steps = len(losses)
         finite = torch.isfinite(losses).all(0).tolist()
         means = losses.mean(0).tolist()
@@ -187,14 +173,14 @@ class FusedGroup:
         out = {}
         for k, member in enumerate(self.ids):
             if stopped_at[k]:  # where train_one_epoch would have returned
-                out[member] = trainable.EpochStats(math.nan, math.nan, stopped_at[k], False)
+                out[member] = metrics.EpochStats(math.nan, math.nan, stopped_at[k], False)
             else:
-                out[member] = trainable.EpochStats(means[k], stds[k], steps, finite[k])
+                out[member] = metrics.EpochStats(means[k], stds[k], steps, finite[k])
         return out
 
     @torch.no_grad()
     def evaluate(self, split: data.Split) -> tuple[list[float], list[float]]:
-        """Mean cross-entropy and accuracy per member in eval mode, as trainable.evaluate."""
+        """Mean cross-entropy and accuracy per member in eval mode, as metrics.evaluate."""
         self.net.eval()
         members = len(self)
         loss_sum = torch.zeros(members, device=split.x.device)
@@ -211,16 +197,10 @@ class FusedGroup:
                 [c / len(split) for c in correct.tolist()])
 
     def epoch_metrics(self, splits: data.Splits) -> dict[int, dict[str, float] | None]:
-        """trainable.epoch_metrics per member: None where any value is not finite."""
-        rows = trainable.TRAIN_EVAL_ROWS
-        train_subset = data.Split(splits.train.x[:rows], splits.train.y[:rows])
-        metrics: dict[int, dict[str, float]] = {member: {} for member in self.ids}
-        for name, split in (("train", train_subset), ("val", splits.val), ("test", splits.test)):
-            losses, accs = self.evaluate(split)
-            for member, loss, acc in zip(self.ids, losses, accs, strict=True):
-                metrics[member][f"{name}_loss"], metrics[member][f"{name}_acc"] = loss, acc
-        return {member: m if all(math.isfinite(v) for v in m.values()) else None
-                for member, m in metrics.items()}
+        """metrics.epoch_metrics per member: None where any value is not finite."""
+        measured = metrics.measure(self.evaluate, splits)  # a list per metric, one per member
+        return {member: metrics.healthy({name: values[k] for name, values in measured.items()})
+                for k, member in enumerate(self.ids)}
 
 
 def build_group(configs: Sequence[dict[str, Any]], splits: data.Splits, device: str = "cpu",
@@ -232,21 +212,9 @@ def build_group(configs: Sequence[dict[str, Any]], splits: data.Splits, device: 
         raise ValueError("fused members must share everything but "
                          f"{', '.join(MEMBER_KEYS)}: got {len(keys)} different structures")
     states = states if states is not None else [None] * len(configs)
-    members = [build_member(config, splits, device, state)
+    members = [training.build_net(config, splits, device, state)
                for config, state in zip(configs, states, strict=True)]
     return FusedGroup.from_members(members, ids)
-
-
-def _member_row(epoch: int, stats: trainable.EpochStats, measured: dict[str, float] | None,
-                lr: float, timing: dict[str, float], fixed: dict[str, Any]) -> dict[str, Any]:
-    """run_trial's metric row for one member; epoch_s and samples_per_s are the group's."""
-    diverged = measured is None
-    return {
-        "epoch": epoch, "steps": stats.steps,
-        **(trainable.DIVERGED_METRICS if diverged else measured), "lr": lr, **timing,
-        "step_loss_std": math.nan if diverged else stats.loss_std,
-        "step_loss_mean": stats.loss, "diverged": diverged, **fixed,
-    }
 
 
 def start_epoch(states: Sequence[dict[str, Any] | None] | None) -> int:
@@ -262,17 +230,19 @@ def start_epoch(states: Sequence[dict[str, Any] | None] | None) -> int:
 def run_group(configs: Sequence[dict[str, Any]], report: MemberReporter,
               states: Sequence[dict[str, Any] | None] | None = None, device: str = "cpu",
               context: dict[str, Any] | None = None) -> None:
-    """`trainable.run_trial` for K configs of one structure, trained as one stacked group.
+    """`training.run_trial` for K configs of one structure, trained as one stacked group.
 
     `report(member, metrics, state)` gets member `i` (its index in `configs`) every epoch, with
-    run_trial's metrics and checkpoint state; returning False stops that member. A member
+    run_trial's metric row and checkpoint state; returning False stops that member. A member
     whose loss or metrics turn non-finite reports `diverged=True` and leaves; the rest go on.
     """
-    dataset, _, train = trainable.split_config(configs[0])
-    splits = trainable.load_splits(dataset, device)
+    dataset, _, train = training.split_config(configs[0])
+    splits = training.load_splits(dataset, device)
     group = build_group(configs, splits, device, states)
-    trains = [trainable.split_config(config)[2] for config in configs]
-    layers = [name for name, _ in trainable._linear_weights(group.net.template)]
+    trains = [training.split_config(config)[2] for config in configs]
+    fixed = [{**metrics.trial_columns(t["seed"], splits, context),
+              "num_params": group.net.layout.size} for t in trains]
+    layers = [name for name, _ in nets.linear_weights(group.net.template)]
     for epoch in range(start_epoch(states), train["epochs"] + 1):
         if not len(group):
             return
@@ -280,21 +250,17 @@ def run_group(configs: Sequence[dict[str, Any]], report: MemberReporter,
                      if train["track_grads"] else None)
         started = time.perf_counter()
         stats = group.train_epoch(splits.train, train["batch_size"], grad_sums)
-        train_s = time.perf_counter() - started
+        trained = time.perf_counter()
         measured = group.epoch_metrics(splits)
-        timing = {"epoch_s": time.perf_counter() - started,
-                  "samples_per_s": len(splits.train) / train_s if train_s > 0 else math.nan}
+        timing = metrics.timing(len(splits.train), started, trained, time.perf_counter())
         stay = []
         for k, member in enumerate(group.ids):
             result = measured[member] if stats[member].finite else None
-            fixed = {"num_params": group.net.layout.size, "seed": trains[member]["seed"],
-                     **(context or {})}
-            metrics = _member_row(epoch, stats[member], result, trains[member]["lr"], timing,
-                                  fixed)
-            if grad_sums is not None and result is not None:
-                metrics["grad_layers"] = layers
-                metrics["grad_norms"] = (grad_sums[:, k] / stats[member].steps).tolist()
-            keep_going = report(member, metrics, {**group.member_state(member), "epoch": epoch})
+            grads = None if grad_sums is None else (
+                layers, (grad_sums[:, k] / stats[member].steps).tolist())
+            row = metrics.epoch_row(epoch, stats[member], result, trains[member]["lr"], timing,
+                                    fixed[member], grads)
+            keep_going = report(member, row, {**group.member_state(member), "epoch": epoch})
             if result is not None and keep_going is not False:
                 stay.append(member)
         if stay != group.ids:

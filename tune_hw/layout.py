@@ -1,8 +1,9 @@
 """Names of a run's files and directories, and the rule that a name stays a name.
 
 A run lives in <storage>/<study>/<run_name>/: our parquet files and study.yaml, next to Ray's
-experiment files and one directory per trial. A study or run name becomes one directory, so it
-must be one path component: `../../x`, `/abs/path` or `..` would put the run elsewhere.
+experiment files and one directory per trial, which holds Ray's text files of the trial and
+the trial's own saved states. A study or run name becomes one directory, so it must be one
+path component: `../../x`, `/abs/path` or `..` would put the run elsewhere.
 """
 
 from __future__ import annotations
@@ -12,6 +13,23 @@ from pathlib import Path
 
 from tune_hw.errors import UserError
 
+STUDY_DIR = Path(__file__).resolve().parent.parent / "search_spaces"  # the shipped studies
+DEFAULT_STORAGE = "runs"  # the storage path of runs, relative to the launch directory
+STORAGE_ENV = "TUNE_HW_STORAGE"  # the storage root of relative references, driver and workers
+
+# tune_hw's files in a run directory
+TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
+    "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
+# a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's
+LATEST_STATE_FILE, BEST_STATE_FILE = "latest.pt", "best.pt"
+# every row a trial reported, one JSON object per line, written by the trial before it reports:
+# Ray's result.json lags the trial by its sync period, so a crash can lose rows only this keeps
+TRIAL_ROWS_FILE = "rows.jsonl"
+# the one file of the marker checkpoint each trial reports to Tune once (ray_trial)
+MARKER_FILE = "MARKER.txt"
+
+# Ray's plain-text files of a trial: one JSON object per report, its config, its error
+RESULT_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "params.json", "error.txt"
 MAX_NAME_BYTES = 255  # the longest file name Linux and macOS file systems take
 EXPERIMENT_STATE = "experiment_state-*.json"  # Ray's controller state, newest name last
 TUNER_STATE = "tuner.pkl"
@@ -23,6 +41,15 @@ RESTORE_GLOBS = ("*.json", "*.pkl")
 TRIAL_PICKLE_GLOB = "*/*.pkl"
 PICKLED_STATES = ("search_gen_state-*.json", "searcher-state-*.pkl", "basic-variant-state-*.json",
                   "callback-states-*.pkl")
+
+
+TRIAL_DIR_PREFIX = "trial_"
+
+
+def trial_dir_name(trial_id: str) -> str:
+    """The directory of a trial inside its run directory (short: Ray's default spells the
+    whole config into the path)."""
+    return f"{TRIAL_DIR_PREFIX}{trial_id}"
 
 
 def check_name(name: str, what: str) -> str:
@@ -56,6 +83,7 @@ def restore_inputs(run_dir: Path) -> list[Path]:
 
 
 def trial_dirs(run_dir: Path) -> list[Path]:
-    """The trial directories of a run (Ray writes result.json or params.json into each)."""
-    return sorted(p for p in run_dir.iterdir() if p.is_dir() and (
-        (p / "result.json").is_file() or (p / "params.json").is_file()))
+    """The trial directories of a run (Ray writes result.json or params.json into each, the
+    trial its rows file)."""
+    return sorted(p for p in run_dir.iterdir() if p.is_dir() and any(
+        (p / name).is_file() for name in (RESULT_FILE, PARAMS_FILE, TRIAL_ROWS_FILE)))

@@ -1,28 +1,28 @@
-"""The results contract: parquet schema, the ranking, table building, atomic writes, `load_run`.
+"""The results contract: the parquet schema, building its tables, atomic writes, `load_run`.
 
 A run directory holds `trials.parquet`, `epochs.parquet`, `grads.parquet` (when gradient
-tracking was on) and `study.yaml`, next to Ray's own experiment files; each trial directory
-holds its saved states (`latest.pt`, `best.pt`). Ray's trial records are read from its
-plain-text files only (`read_ray_trials`): a run directory may come from anyone, and nothing in
-it is ever unpickled here.
+tracking was on) and `study.yaml` (file names in `layout`), next to Ray's own experiment files.
+Tables are built from `TrialRecord`s, what a search produced for each trial (Ray's files of a
+run are read as text by `ray_files`), with the study's `ranking.Ranking`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
-from tune_hw import layout, strict_yaml
+from tune_hw import strict_yaml
 from tune_hw.errors import UserError
+from tune_hw.layout import EPOCHS_FILE, GRADS_FILE, STUDY_FILE, TRIALS_FILE
+from tune_hw.ranking import DEFAULT_RANKING, Ranking, finite, is_true
 
 EPOCH_COLUMNS = [
     "trial_id", "epoch", "steps", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -37,23 +37,11 @@ TRIAL_SUMMARY_COLUMNS = [
     "final_epoch", "final_val_acc", "final_test_acc", "wall_s", "node_id", "gpu_ids", "seed",
     "num_params", *SPLIT_SIZE_COLUMNS, "error",
 ]
-# the validation metrics a study may rank by, each with its natural direction
-VALIDATION_METRICS = {"val_acc": "max", "val_loss": "min"}
-TRIAL_SCORE_COLUMNS = {"val_acc": "best_val_acc", "val_loss": "val_loss_at_best"}
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
 TRIAL_COLUMNS = ["trial_id", "status", *TRIAL_SUMMARY_COLUMNS]  # plus one config/<key> each
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")
 
-TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
-    "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
-# a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's
-LATEST_STATE_FILE, BEST_STATE_FILE = "latest.pt", "best.pt"
-
-
-def trial_dir_name(trial_id: str) -> str:
-    """The directory of a trial inside its run directory (short: Ray's default spells the
-    whole config into the path)."""
-    return f"trial_{trial_id}"
+CONFIG_PREFIX = "config/"  # trials.parquet holds each hyperparameter as config/<dotted key>
 
 
 @dataclass
@@ -82,79 +70,6 @@ class Run:
     study: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Ranking:
-    """THE ranking of a study: epochs and trials by its `search.metric` in its `search.mode`.
-
-    One tie-break everywhere: the other validation metric in its natural direction (higher
-    accuracy, lower loss), then the earlier epoch or the earlier trial (Tune's creation
-    order). Diverged epochs and non-finite scores never rank.
-    """
-
-    metric: str = "val_acc"
-    mode: str = "max"
-
-    @classmethod
-    def of(cls, study: dict[str, Any]) -> Ranking:
-        """The ranking a resolved study (study.yaml) asks for; defaults when it says nothing."""
-        search = study.get("search") or {}
-        return cls(search.get("metric", cls.metric), search.get("mode", cls.mode))
-
-    @property
-    def tie_metric(self) -> str:
-        return next(m for m in VALIDATION_METRICS if m != self.metric)
-
-    def key(self, score: Any, tie: Any, position: int) -> tuple[float, float, int]:
-        """Sort key, smallest first: the score, the tie metric, the position."""
-        return (_smaller_is_better(score, self.mode),
-                _smaller_is_better(tie, VALIDATION_METRICS[self.tie_metric]), position)
-
-    def best_epoch(self, rows: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-        """The best healthy epoch of one trial's rows (each with `epoch`, `val_acc`, ...)."""
-        healthy = [r for r in rows if not is_true(r.get("diverged"))
-                   and _finite(r.get(self.metric))]
-        if not healthy:
-            return None
-        return min(healthy, key=lambda r: self.key(r[self.metric], r.get(self.tie_metric),
-                                                   int(r["epoch"])))
-
-    def order(self, trials: pd.DataFrame) -> list[int]:
-        """Row positions of the ranked trials (a finite score at their best epoch), best first."""
-        score, tie = (trials[TRIAL_SCORE_COLUMNS[m]] if TRIAL_SCORE_COLUMNS[m] in trials
-                      else pd.Series(math.nan, index=trials.index)
-                      for m in (self.metric, self.tie_metric))
-        keys = [(self.key(s, t, i), i) for i, (s, t) in enumerate(zip(score, tie, strict=True))
-                if _finite(s)]
-        return [i for _, i in sorted(keys)]
-
-    def ranked(self, trials: pd.DataFrame) -> pd.DataFrame:
-        """The ranked trials, best first (unranked ones left out)."""
-        return trials.iloc[self.order(trials)]
-
-
-DEFAULT_RANKING = Ranking()  # a study that names no search.metric ranks by val_acc, max
-
-
-def _smaller_is_better(value: Any, mode: str) -> float:
-    if not _finite(value):
-        return math.inf
-    return -float(value) if mode == "max" else float(value)
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return value is not None and not isinstance(value, bool) and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def is_true(value: Any) -> bool:
-    """A reported flag (Python or numpy bool, or its text in a CSV) that is set."""
-    if isinstance(value, str):
-        return value == "True"
-    return value is True or (isinstance(value, np.bool_) and bool(value))
-
-
 def epoch_rows(record: TrialRecord) -> list[dict[str, Any]]:
     """One row per epoch; a retried epoch (after a restore) keeps its latest report.
 
@@ -163,7 +78,7 @@ def epoch_rows(record: TrialRecord) -> list[dict[str, Any]]:
     """
     by_epoch: dict[int, dict[str, Any]] = {}
     for row in record.rows:
-        if "epoch" in row and row["epoch"] is not None and not _is_nan(row["epoch"]):
+        if "epoch" in row and row["epoch"] is not None and not is_missing(row["epoch"]):
             by_epoch[int(row["epoch"])] = row
     out = []
     for epoch in sorted(by_epoch):
@@ -213,11 +128,11 @@ def trial_summary(record: TrialRecord, epochs: list[dict], ranking: Ranking = DE
     wall_s = last.get("time_total_s")
     if wall_s is None:
         wall_s = sum(e["epoch_s"] or 0.0 for e in epochs)
-    sized = next((r for r in reversed(record.rows) if _finite(r.get("train_size"))), {})
+    sized = next((r for r in reversed(record.rows) if finite(r.get("train_size"))), {})
     row = {
         "trial_id": record.trial_id,
         "status": trial_status(record, epochs),
-        **{f"config/{k}": _parquet_safe(v) for k, v in sorted(record.config.items())},
+        **{f"{CONFIG_PREFIX}{k}": _parquet_safe(v) for k, v in sorted(record.config.items())},
         "best_epoch": best.get("epoch"),
         "best_val_acc": best.get("val_acc"),
         "val_loss_at_best": best.get("val_loss"),
@@ -274,10 +189,10 @@ def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[s
     run_dir.mkdir(parents=True, exist_ok=True)
     trials, epochs, grads = build_tables(records, Ranking.of(study))
     _refuse_shrinking(run_dir / TRIALS_FILE, len(trials))
-    _atomic_write(run_dir / TRIALS_FILE, lambda p: trials.to_parquet(p, index=False))
-    _atomic_write(run_dir / EPOCHS_FILE, lambda p: epochs.to_parquet(p, index=False))
+    atomic_write(run_dir / TRIALS_FILE, lambda p: trials.to_parquet(p, index=False))
+    atomic_write(run_dir / EPOCHS_FILE, lambda p: epochs.to_parquet(p, index=False))
     if len(grads):
-        _atomic_write(run_dir / GRADS_FILE, lambda p: grads.to_parquet(p, index=False))
+        atomic_write(run_dir / GRADS_FILE, lambda p: grads.to_parquet(p, index=False))
     write_study(run_dir, study)
     return Run(run_dir, trials, epochs, grads, study)
 
@@ -286,7 +201,7 @@ def write_study(run_dir: str | Path, study: dict[str, Any]) -> None:
     """Write `study.yaml` alone (at the start of a run, so a running run can be read)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(run_dir / STUDY_FILE, lambda p: Path(p).write_text(strict_yaml.dump(study)))
+    atomic_write(run_dir / STUDY_FILE, lambda p: Path(p).write_text(strict_yaml.dump(study)))
 
 
 def read_study(run_dir: str | Path) -> dict[str, Any]:
@@ -330,14 +245,12 @@ def read_table(path: Path, required: Iterable[str]) -> pd.DataFrame:
 
 
 def _trial_columns(trials: list[dict]) -> list[str]:
-    config_keys = sorted({k for t in trials for k in t if k.startswith("config/")})
+    config_keys = sorted({k for t in trials for k in t if k.startswith(CONFIG_PREFIX)})
     return ["trial_id", "status", *config_keys, *TRIAL_SUMMARY_COLUMNS]
 
 
 def _refuse_shrinking(path: Path, n_new: int) -> None:
     """Results are never replaced by fewer trials than they hold: that is a damaged run."""
-    import pyarrow.parquet as pq
-
     try:
         n_old = pq.read_metadata(path).num_rows if path.is_file() else 0
     except Exception:  # an unreadable file holds no trials worth keeping
@@ -352,12 +265,14 @@ def _parquet_safe(value: Any) -> Any:
     return str(value) if isinstance(value, (list, tuple, dict)) else value
 
 
-def _is_nan(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None or a float NaN: a cell or a reported value that holds nothing."""
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temporary file in the same directory, then rename over `path`."""
+def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
+    """`write(tmp)` a temporary file in the same directory, then rename it over `path`: a crash
+    mid-write leaves the previous file whole (results files and trials' saved states alike)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -366,105 +281,3 @@ def _atomic_write(path: Path, write) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-# ------------------------------------------------------------- Ray's trial files, as text
-
-RAY_ENDED = ("TERMINATED", "ERROR")  # Ray's statuses of a trial that will not run again
-
-
-def read_experiment_state(run_dir: Path) -> list[dict[str, Any]] | None:
-    """The trials of Ray's newest experiment state, parsed as plain JSON (its pickled fields
-    stay unread hex), checked for what a restore needs; None before Ray has written one."""
-    path = layout.newest(run_dir, layout.EXPERIMENT_STATE)
-    if path is None:
-        return None
-    try:
-        state = json.loads(path.read_bytes())
-        entries = [[json.loads(part) for part in entry] for entry in state["trial_data"]]
-        trials = [trial for trial, _ in entries]
-        problem = None if isinstance(state["runner_data"], dict) and all(
-            isinstance(t, dict) and isinstance(t.get("trial_id"), str) and "status" in t
-            for t in trials) else "a trial entry lacks its id or status"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    if problem:
-        raise UserError(f"Ray's experiment state {path} is damaged ({problem}): nothing was "
-                        "read from it or changed; if the search is still running, try again "
-                        "in a moment, else restore the file from a backup or start a new "
-                        "--name")
-    return trials
-
-
-def read_ray_trials(run_dir: Path) -> list[TrialRecord]:
-    """Every trial of a run from Ray's text files: id, status and directory from the
-    experiment state, config from params.json, rows from result.json, error from error.txt."""
-    records, seen = [], set()
-    for state in read_experiment_state(run_dir) or []:
-        trial_dir = _state_trial_dir(run_dir, state.get("relative_logdir"))
-        seen.add(trial_dir)
-        records.append(_trial_record(state["trial_id"], trial_dir, state["status"],
-                                     state.get("config")))
-    for trial_dir in layout.trial_dirs(run_dir):  # started after Ray last saved its state
-        if trial_dir not in seen:
-            rows = read_result_rows(trial_dir)
-            trial_id = rows[0].get("trial_id") if rows else None
-            records.append(_trial_record(str(trial_id or trial_dir.name.removeprefix("trial_")),
-                                         trial_dir, None, None))
-    return records
-
-
-def read_result_rows(trial_dir: Path) -> list[dict[str, Any]]:
-    """Tune's result.json: one JSON object per report (a line cut short by a crash is skipped)."""
-    path = trial_dir / "result.json"
-    rows = []
-    for line in (path.read_text(errors="replace").splitlines() if path.is_file() else []):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A whole searched section (a mapping) spreads into its dotted keys."""
-    flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
-    for section, value in config.items():
-        if isinstance(value, dict):
-            flat.update({f"{section}.{k}": v for k, v in value.items()})
-    return flat
-
-
-def _trial_record(trial_id: str, trial_dir: Path | None, status: str | None,
-                  state_config: Any) -> TrialRecord:
-    params = _json_file(trial_dir / "params.json") if trial_dir else None
-    config = params if isinstance(params, dict) else state_config
-    error = None
-    if status == "ERROR":
-        lines = _text_lines(trial_dir / "error.txt") if trial_dir else []
-        error = lines[-1] if lines else "trial failed (no error text stored)"
-    return TrialRecord(trial_id=trial_id, config=flatten_config(config or {}),
-                       rows=read_result_rows(trial_dir) if trial_dir else [], error=error,
-                       ended=status in RAY_ENDED)
-
-
-def _state_trial_dir(run_dir: Path, name: Any) -> Path | None:
-    """The trial's directory named in the state, only when it is a directory of this run."""
-    try:
-        path = run_dir / layout.check_name(name, "trial directory")
-    except (UserError, TypeError):
-        return None
-    return path if path.is_dir() else None
-
-
-def _json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_bytes()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
-
-
-def _text_lines(path: Path) -> list[str]:
-    return path.read_text(errors="replace").strip().splitlines() if path.is_file() else []

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tune_hw import models, trainable
+from tune_hw import nets
 
 Op = Callable[[torch.Tensor], torch.Tensor]
 CONVS = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d}  # a 3-D conv would slot in the same way
 POOLS = {nn.AdaptiveAvgPool1d: F.adaptive_avg_pool1d, nn.AdaptiveAvgPool2d: F.adaptive_avg_pool2d}
 ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Identity)  # parameter-free: run as they are
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-CHAINS = (nn.Sequential, models.MLP)  # modules whose forward runs their children in order
+CHAINS = (nn.Sequential, nets.MLP)  # modules whose forward runs their children in order
 
 
 class FlatLayout:
@@ -85,7 +85,7 @@ class StackedNet:
         self.pending_batches = 0  # training forwards not yet added to num_batches_tracked
         self._set_flat(flat)
         self.forward = compile_module(template, "", self)
-        self.tracked = [f"{name}.weight" for name, _ in trainable._linear_weights(template)]
+        self.tracked = [f"{name}.weight" for name, _ in nets.linear_weights(template)]
 
     @classmethod
     def from_modules(cls, modules: Sequence[nn.Module]) -> StackedNet:
@@ -161,7 +161,7 @@ def compile_module(module: nn.Module, prefix: str, net: StackedNet) -> Op:
         ops = [compile_module(child, f"{prefix}{name}.", net)
                for name, child in module.named_children()]
         return lambda x: _chain(ops, x)
-    if isinstance(module, models.Block):
+    if isinstance(module, nets.Block):
         return _block(module, prefix, net)
     if isinstance(module, ELEMENTWISE):
         return module
@@ -181,8 +181,8 @@ def _chain(ops: list[Op], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _block(block: models.Block, prefix: str, net: StackedNet) -> Op:
-    """models.Block: Linear -> norm -> activation, added to its input when residual."""
+def _block(block: nets.Block, prefix: str, net: StackedNet) -> Op:
+    """nets.Block: Linear -> norm -> activation, added to its input when residual."""
     linear = _linear(block.linear, f"{prefix}linear.", net)
     norm = compile_module(block.norm, f"{prefix}norm.", net)
     act, residual = block.act, block.residual

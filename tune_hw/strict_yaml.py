@@ -102,6 +102,16 @@ def read(path: Path, allow_null: bool = False) -> Any:
     return load(raw, str(path), allow_null)
 
 
+def looks_numeric(text: str) -> bool:
+    """Text YAML read as a string that the writer meant as a number (YAML 1.1 reads `1e-4`,
+    without a dot, as text)."""
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _decode(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8")

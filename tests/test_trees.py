@@ -1,10 +1,11 @@
-"""Gradient-boosted trees as an ordinary trial: same metrics, epochs as boosting rounds."""
+"""The tree baseline (tune_hw.trees) as an ordinary trial: same metrics, epochs as boosting
+rounds."""
 
 import math
 
 import pytest
 
-from tune_hw import models, trainable
+from tune_hw import models, training
 from tune_hw.errors import UserError
 from tune_hw.results import EPOCH_COLUMNS
 
@@ -15,7 +16,7 @@ TREES = {"dataset.name": "digits", "dataset.classes": [5, 6, 7, 8, 9], "dataset.
 
 def collect(config, state=None):
     rows, states = [], []
-    trainable.run_trial(config, lambda m, s: (rows.append(m), states.append(dict(s))), state)
+    training.run_trial(config, lambda m, s: (rows.append(m), states.append(dict(s))), state)
     return rows, states
 
 

@@ -2,7 +2,7 @@
 
 A config is the set of trials sharing a `config_id` (its repeats, one seed each); a run
 without repeats has one trial per config. Intervals are percentile bootstraps over both
-sources of noise (see tune_hw.findings): the repeats of each config drawn again, and every
+sources of noise (see tune_hw.analysis.findings): the repeats of each config drawn again, and every
 accuracy redrawn as Binomial(n, acc) / n on its split's n examples. With one repeat per config
 only the evaluation noise is left, and the interval says so by being narrow: add repeats.
 """
@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_hw import analysis as A
-from tune_hw import trial_metrics as TM
+from tune_hw.analysis import trial_metrics as TM
+from tune_hw.analysis.selection import rank_correlations
+from tune_hw.analysis.trials import N_BOOTSTRAP, scored
+from tune_hw.ranking import DEFAULT_RANKING
+from tune_hw.results import CONFIG_PREFIX
 
-N_BOOTSTRAP = A.N_BOOTSTRAP  # one resample count for the whole report
 TOP_FRACTION, MIN_TOP = 0.25, 5  # rank agreement among the top quarter by validation, >= 5
 
 
@@ -39,11 +41,11 @@ def config_table(trials: pd.DataFrame, study: dict[str, Any], n_boot: int = N_BO
         point, boot = _boot_means(t, column, sizes[split], members, rng, n_boot)
         out[f"{name}_mean"] = point
         out[f"{name}_low"], out[f"{name}_high"] = np.percentile(boot, [2.5, 97.5], axis=1)
-    varied = [c for c in t.columns if c.startswith("config/") and
+    varied = [c for c in t.columns if c.startswith(CONFIG_PREFIX) and
               t[c].astype(str).nunique() > 1]
     first = [m[0] for m in members.values()]
     for c in varied:
-        out[c.removeprefix("config/")] = t[c].to_numpy()[first]
+        out[c.removeprefix(CONFIG_PREFIX)] = t[c].to_numpy()[first]
     rank = {c: i for i, c in enumerate(_ranked(t, members))}
     return out.iloc[np.argsort([rank[c] for c in out.config_id])].reset_index(drop=True)
 
@@ -93,14 +95,14 @@ def rank_agreement(trials: pd.DataFrame, top_fraction: float = TOP_FRACTION,
     test = np.array([t.test_acc_at_best.to_numpy(float)[m].mean() for m in members.values()])
     k = min(len(val), max(min_top, math.ceil(top_fraction * len(val))))
     top = np.argsort(-val, kind="stable")[:k]
-    return {"all": {"n_configs": len(val), **A.rank_correlations(val, test)},
+    return {"all": {"n_configs": len(val), **rank_correlations(val, test)},
             "top": {"n_configs": k, "top_fraction": top_fraction,
-                    **A.rank_correlations(val[top], test[top])}}
+                    **rank_correlations(val[top], test[top])}}
 
 
 def early_stopping_note(trials: pd.DataFrame) -> dict[str, Any]:
     """How much earlier early-stopped trials were compared than finished ones, in words."""
-    t = A.scored(trials)
+    t = scored(trials)
     early, done = t[t.status == "early_stopped"], t[t.status == "completed"]
     out = {"n_early_stopped": len(early), "n_completed": len(done),
            "median_final_epoch_early": _median(early.final_epoch),
@@ -117,21 +119,19 @@ def early_stopping_note(trials: pd.DataFrame) -> dict[str, Any]:
 
 def _configs(trials: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Scored trials and the row positions of each config, in order of first appearance."""
-    t = A.scored(trials)
+    t = scored(trials)
     ids = TM.config_ids(t)
     order = list(dict.fromkeys(ids))
     return t, {c: np.flatnonzero(ids == c) for c in order}
 
 
 def _ranked(t: pd.DataFrame, members: dict[str, np.ndarray]) -> list[str]:
-    """Config ids best first: mean val accuracy, then lower mean val loss, then appearance
-    (the validation winner's rule of tune_hw.analysis, applied to config means)."""
+    """Config ids best first by the ranking of trials, applied to config means (mean val
+    accuracy, then lower mean val loss, then appearance)."""
     means = pd.DataFrame({column: [t[column].to_numpy(float)[m].mean() for m in
                                    members.values()]
                           for column in ("best_val_acc", "val_loss_at_best")})
-    loss = means.val_loss_at_best.fillna(np.inf).to_numpy()
-    order = np.lexsort((np.arange(len(means)), loss, -means.best_val_acc.to_numpy()))
-    return [list(members)[i] for i in order]
+    return [list(members)[i] for i in DEFAULT_RANKING.order(means)]
 
 
 def _boot_means(t: pd.DataFrame, column: str, n: np.ndarray, members: dict[str, np.ndarray],

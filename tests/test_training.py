@@ -1,10 +1,12 @@
+"""The training loop (tune_hw.training): one trial of a net, without Ray."""
+
 import io
 import math
 
 import pytest
 import torch
 
-from tune_hw import results, trainable
+from tune_hw import metrics, training
 from tune_hw.results import EPOCH_COLUMNS
 
 
@@ -12,7 +14,7 @@ def collect(config, state=None):
     """Run a trial without Ray; states are saved at report time, as Tune's reporter does
     (the state holds live views of the model's tensors)."""
     rows, states = [], []
-    trainable.run_trial(config, lambda m, s: (rows.append(m), states.append(_roundtrip(s))),
+    training.run_trial(config, lambda m, s: (rows.append(m), states.append(_roundtrip(s))),
                         state)
     return rows, states
 
@@ -85,51 +87,16 @@ def test_same_seed_same_result_other_seed_other_result(tiny_countries):
 
 def test_non_finite_evaluation_after_finite_steps_counts_as_diverged(tiny_countries, monkeypatch):
     # weights can blow up in the last steps of an epoch: every step loss finite, eval inf
-    monkeypatch.setattr(trainable, "evaluate", lambda model, split: (math.inf, 0.1))
+    monkeypatch.setattr(metrics, "evaluate", lambda model, split: (math.inf, 0.1))
     rows, _ = collect({**tiny_countries, "train.epochs": 3})
     assert len(rows) == 1 and rows[0]["diverged"]
-    assert rows[0]["val_acc"] == 0.0 and rows[0]["val_loss"] == trainable.SENTINEL_LOSS
+    assert rows[0]["val_acc"] == 0.0 and rows[0]["val_loss"] == metrics.SENTINEL_LOSS
 
 
 def test_a_searched_whole_model_section_overrides_its_fixed_keys(tiny_countries):
     config = {**tiny_countries, "train.epochs": 1,
               "model": {"name": "mlp", "width": 8, "depth": 1}}
-    dataset, hp, train = trainable.split_config(config)
+    dataset, hp, train = training.split_config(config)
     assert hp == {"name": "mlp", "width": 8, "depth": 1}
     rows, _ = collect(config)
     assert rows[0]["num_params"] == 2 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10
-
-
-# ------------------------------------------------- a trial's saved states (Ray-free parts)
-
-def metrics_row(epoch, val_acc, val_loss, diverged=False):
-    return {"epoch": epoch, "val_acc": val_acc, "val_loss": val_loss, "diverged": diverged}
-
-
-@pytest.mark.parametrize("ranking, best", [(results.Ranking(), 2),
-                                           (results.Ranking("val_loss", "min"), 3)])
-def test_trial_states_keep_the_best_epoch_by_the_studys_ranking(tmp_path, ranking, best):
-    states = trainable.TrialStates(tmp_path, ranking)
-    rows = [metrics_row(1, 0.5, 1.0), metrics_row(2, 0.7, 0.9), metrics_row(3, 0.6, 0.85),
-            metrics_row(4, 0.7, 0.9),  # ties epoch 2 on both metrics: the earlier one stays
-            metrics_row(5, 0.99, 0.01, diverged=True)]  # never the best, whatever it says
-    for row in rows:
-        states.keep_if_best(row, {"epoch": row["epoch"], "w": torch.tensor(float(row["epoch"]))})
-        states.keep_latest({"epoch": row["epoch"]})
-    saved = torch.load(tmp_path / results.BEST_STATE_FILE, weights_only=True)
-    assert saved["epoch"] == best and saved["w"].item() == best
-    again = trainable.TrialStates(tmp_path, ranking)
-    assert again.latest() == {"epoch": 5} and again.best["epoch"] == best  # survives a restart
-    assert not list(tmp_path.glob(".*partial"))
-
-
-def test_a_resumed_trial_continues_from_its_latest_state_on_the_cpu(tmp_path, tiny_countries):
-    states = trainable.TrialStates(tmp_path, results.Ranking())
-    full, _ = collect(tiny_countries)
-    trainable.run_trial({**tiny_countries, "train.epochs": 1},
-                        lambda m, s: (states.keep_if_best(m, s), states.keep_latest(s)))
-    state = trainable.TrialStates(tmp_path, results.Ranking()).latest()
-    assert state["generator"].device.type == "cpu" and state["epoch"] == 1
-    resumed, _ = collect(tiny_countries, state)
-    assert [r["epoch"] for r in resumed] == [2, 3]
-    assert resumed[-1]["val_loss"] == pytest.approx(full[-1]["val_loss"], rel=1e-6)

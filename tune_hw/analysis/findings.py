@@ -8,7 +8,7 @@ The interval is a percentile bootstrap (N_BOOTSTRAP resamples, seeded by `seed` 
 claim's name, so a run's verdicts are reproducible). Each resample
 1. re-evaluates every trial: each accuracy on n examples is redrawn as Binomial(n, acc) / n
    (n from the trial's split size, `n_val`/`n_test`/`n_train_eval` or study `data_sizes`),
-   and metrics derived from accuracies are derived from the redrawn ones (tune_hw.trial_metrics);
+   and metrics derived from accuracies are derived from the redrawn ones (trial_metrics);
 2. draws each group's trials again with replacement, independently per group: where the run
    has repeats, the repeats within each config (configs fixed, so the interval is about these
    configs over seeds), otherwise the group's trials (they stand in for seeds);
@@ -39,12 +39,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tune_hw import analysis as A
-from tune_hw import trial_metrics as TM
+from tune_hw.analysis import trial_metrics as TM
+from tune_hw.analysis.effects import gap_table
+from tune_hw.analysis.params import with_variants
+from tune_hw.analysis.selection import winner_position
+from tune_hw.analysis.trials import N_BOOTSTRAP, col, native, with_schema
 from tune_hw.claim_groups import Group, Selector, same_value
 from tune_hw.claims import Claim, Compare, Label, Selection, Trend
 
-N_BOOTSTRAP = A.N_BOOTSTRAP  # one resample count for the whole report
 MIN_GROUP_TRIALS = 2  # a group of one trial says nothing about seed-to-seed variation
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 
@@ -91,7 +93,7 @@ def evaluate(claims: tuple[Claim, ...] | list[Claim], trials: pd.DataFrame,
              epochs: pd.DataFrame, grads: pd.DataFrame, study: dict[str, Any],
              n_boot: int = N_BOOTSTRAP, seed: int = 0) -> list[Finding]:
     """One Finding per claim, in the claims' order."""
-    t = A.with_variants(A.with_schema(trials), study)
+    t = with_variants(with_schema(trials), study)
     sizes = TM.split_sizes(t, study)
     out = []
     for claim in claims:
@@ -124,7 +126,7 @@ def group_mask(group: Group, trials: pd.DataFrame) -> np.ndarray:
     """Which trials match every selector of `group` (a missing column matches nothing)."""
     mask = np.ones(len(trials), bool)
     for s in group.selectors:
-        column = A.col(s.key)
+        column = col(s.key)
         if column not in trials:
             return np.zeros(len(trials), bool)
         mask &= trials[column].map(lambda cell, s=s: _selected(cell, s)).to_numpy(bool)
@@ -132,7 +134,7 @@ def group_mask(group: Group, trials: pd.DataFrame) -> np.ndarray:
 
 
 def _selected(cell: Any, s: Selector) -> bool:
-    cell = A.native(cell)
+    cell = native(cell)
     if s.values:
         return any(same_value(cell, v) for v in s.values)
     return isinstance(cell, (int, float)) and not isinstance(cell, bool) and \
@@ -193,7 +195,7 @@ def _metric_claim(claim: Compare | Trend, t: pd.DataFrame, inside: np.ndarray,
 
 
 def _label(claim: Label, t: pd.DataFrame, inside: np.ndarray) -> Finding:
-    gaps = A.gap_table(t).set_index("trial_id").label
+    gaps = gap_table(t).set_index("trial_id").label
     gap_label = t.trial_id.map(gaps)
     has_label = (gap_label.isin(claim.labels) | t.status.isin(claim.labels)).to_numpy(bool)
     counted = inside & group_mask(claim.group, t) & \
@@ -226,7 +228,7 @@ def _selection(claim: Selection, t: pd.DataFrame, inside: np.ndarray,
     means = pd.DataFrame({
         "best_val_acc": [t.best_val_acc.to_numpy(float)[m].mean() for m in members],
         "val_loss_at_best": [t.val_loss_at_best.to_numpy(float)[m].mean() for m in members]})
-    w = A.winner_position(means)
+    w = winner_position(means)
     test = t.test_acc_at_best.to_numpy(float)
     draws = TM.redraw(test, sizes["test"], rng, n_boot)
     point, boot, by_config = [], [], False

@@ -1,4 +1,4 @@
-"""Read and validate `search_spaces/*.yaml` into a `Study` and a Ray Tune param_space.
+"""Read and validate a study file (`search_spaces/*.yaml`) into a `Study`.
 
 Every error names the file, the key, the rule, the value received and the fix.
 """
@@ -11,23 +11,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune_hw import data, models, results, strict_yaml
-from tune_hw.errors import UserError
-from tune_hw.limits import LOWER_LIMITS
-from tune_hw.trainable import OPTIMIZERS, TRAIN_DEFAULTS
+from tune_hw import data, models, strict_yaml
+from tune_hw.distributions import LOWER_LIMITS, Distribution
+from tune_hw.errors import StudyError, UserError
+from tune_hw.layout import STUDY_DIR
+from tune_hw.ranking import VALIDATION_METRICS, Ranking
+from tune_hw.training import OPTIMIZERS, TRAIN_DEFAULTS
 
-STUDY_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 SECTIONS = ("dataset", "model", "train")
 TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
             "quick"}
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
-SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": results.Ranking.metric,
-                   "mode": results.Ranking.mode, "max_concurrent": 0}
+SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": Ranking.metric,
+                   "mode": Ranking.mode, "max_concurrent": 0}
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1.0, "gpu": 0.0}  # floats: fractions share a GPU (gpu: 0.25)
 FAILURE_DEFAULTS = {"max_failures": 2}
 ALGORITHMS, SCHEDULERS, MODES = ("optuna", "random", "grid"), ("asha", "fifo"), ("max", "min")
-METRICS = tuple(results.VALIDATION_METRICS)  # never test_*: the test split feeds no choice
+METRICS = tuple(VALIDATION_METRICS)  # never test_*: the test split feeds no choice
 
 
 @dataclass
@@ -46,11 +46,17 @@ class Study:
     resources: dict[str, Any]
     failure: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    distributions: dict[str, Distribution] = field(default_factory=dict)  # space, parsed
 
     @property
-    def ranking(self) -> results.Ranking:
+    def ranking(self) -> Ranking:
         """How this study ranks epochs and trials (its search.metric and mode)."""
-        return results.Ranking(self.search["metric"], self.search["mode"])
+        return Ranking(self.search["metric"], self.search["mode"])
+
+    def fixed_config(self) -> dict[str, Any]:
+        """The fixed values as the flat dotted config a trial takes (`train.lr`, ...)."""
+        return {f"{section}.{key}": value for section in SECTIONS
+                for key, value in getattr(self, section).items()}
 
     def resolved(self) -> dict[str, Any]:
         """The study as it runs, for `study.yaml` in the run directory."""
@@ -58,10 +64,6 @@ class Study:
                 "model": self.model, "train": self.train, "space": self.space,
                 "search": self.search, "scheduler": self.scheduler,
                 "resources": self.resources, "failure": self.failure, **self.extra}
-
-
-class StudyError(UserError):
-    """A study file breaks a rule; the message names file, key and fix."""
 
 
 def study_path(name_or_path: str) -> Path:
@@ -152,7 +154,7 @@ def validate(raw: dict[str, Any], path: Path) -> Study:
                          f"{type(description).__name__}")
     study = Study(path.stem, path, description, dataset, model, train, space, search,
                   scheduler, resources, failure)
-    _check_space(study, where)
+    study.distributions = _parse_space(study, where)
     _check_search(study, where)
     # the same check for the fixed values and for every value the space can put in their place
     for section, check in (("train", _check_train), ("model", _check_model),
@@ -204,20 +206,12 @@ def _check_type(key: str, value: Any, default: Any, where: str) -> None:
     if ok:
         return
     hint = ""
-    if isinstance(value, str) and _looks_numeric(value):
+    if isinstance(value, str) and strict_yaml.looks_numeric(value):
         hint = f" (YAML reads {value} as a string: write it with a dot, e.g. 1.0e-4)"
     elif isinstance(default, int) and isinstance(value, float):
         hint = " (a whole number without a decimal point; a searched int key takes int: or " \
                "choice:, not uniform:)"
     raise StudyError(f"{where}: {key} must be {type(default).__name__}, got {value!r}{hint}")
-
-
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 def _check_train(train: dict[str, Any], where: str) -> None:
@@ -260,63 +254,34 @@ def _check_search(study: Study, where: str) -> None:
         raise StudyError(f"{where}: failure.max_failures must be >= 0")
 
 
-def _check_space(study: Study, where: str) -> None:
-    algorithm = study.search["algorithm"]
+def _parse_space(study: Study, where: str) -> dict[str, Distribution]:
+    """Each searched key's distribution, checked against the key and the search algorithm."""
+    algorithm, distributions = study.search["algorithm"], {}
     for key, spec in study.space.items():
         section, _, name = key.partition(".")
         if section not in SECTIONS:
             raise StudyError(f"{where}: space key {key!r} must start with one of {SECTIONS}, "
                              "e.g. train.lr")
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-            raise StudyError(f"{where}: space.{key} must be one distribution of "
-                             f"{list(DISTRIBUTIONS)}, e.g. {{loguniform: [1.0e-4, 1.0]}}; "
-                             f"got {spec!r}")
-        kind, args = next(iter(spec.items()))
-        _check_distribution(f"space.{key}", kind, args, where)
-        if not name and kind in ("uniform", "loguniform", "int"):
+        dist = distributions[key] = Distribution.parse(spec, f"space.{key}", where)
+        if not name and dist.is_range:
             raise StudyError(f"{where}: space.{key} searches a whole section: use choice or "
                              "grid of mappings")
         if not name and any(k.startswith(f"{section}.") for k in study.space):
             raise StudyError(f"{where}: space.{key} searches the whole section and space also "
                              f"searches keys inside it: put those keys into each {key} mapping")
-        _check_algorithm(key, kind, args, algorithm, where)
+        _check_algorithm(key, dist, algorithm, where)
+    return distributions
 
 
-def _check_distribution(key: str, kind: str, args: Any, where: str) -> None:
-    if kind in ("choice", "grid"):
-        if not isinstance(args, list) or not args:
-            raise StudyError(f"{where}: {key}: {kind} needs a non-empty list of values")
-        return
-    if not isinstance(args, list) or len(args) != 2:
-        raise StudyError(f"{where}: {key}: {kind} needs [low, high], got {args!r}")
-    for value in args:
-        if isinstance(value, str) and _looks_numeric(value):
-            raise StudyError(f"{where}: {key}: {value!r} is a string (YAML reads 1e-4 as text): "
-                             "write it with a dot, e.g. 1.0e-4")
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or \
-                not math.isfinite(value):
-            raise StudyError(f"{where}: {key}: bounds must be finite numbers, got {value!r}")
-    low, high = args
-    if low >= high:
-        raise StudyError(f"{where}: {key}: low must be < high, got [{low}, {high}]; swap or "
-                         "widen the range")
-    if kind == "loguniform" and low <= 0:
-        raise StudyError(f"{where}: {key}: a log range must be > 0, got low={low}; use a small "
-                         "positive bound like 1.0e-6")
-    if kind == "int" and not all(isinstance(v, int) for v in args):
-        raise StudyError(f"{where}: {key}: int bounds must be whole numbers written without a "
-                         f"dot, got {args}")
-
-
-def _check_algorithm(key: str, kind: str, args: list, algorithm: str, where: str) -> None:
-    if algorithm == "grid" and kind != "grid":
-        raise StudyError(f"{where}: space.{key} is {kind} but search.algorithm is grid: use "
+def _check_algorithm(key: str, dist: Distribution, algorithm: str, where: str) -> None:
+    if algorithm == "grid" and dist.kind != "grid":
+        raise StudyError(f"{where}: space.{key} is {dist.kind} but search.algorithm is grid: use "
                          "grid: [values] for every key, or algorithm random/optuna")
-    if algorithm == "optuna" and kind == "grid":
+    if algorithm == "optuna" and dist.kind == "grid":
         raise StudyError(f"{where}: space.{key}: grid is not supported by optuna: use choice, "
                          "or search.algorithm grid/random")
-    if algorithm == "optuna" and any(isinstance(v, (dict, list)) for v in args
-                                     if kind == "choice"):
+    if algorithm == "optuna" and dist.kind == "choice" and any(
+            isinstance(v, (dict, list)) for v in dist.values):
         raise StudyError(f"{where}: space.{key}: optuna cannot choose between mappings: use "
                          "search.algorithm grid or random")
 
@@ -331,32 +296,21 @@ def _variants(study: Study, section: str) -> list[tuple[dict[str, Any], dict[str
     decide legality), with the space values that made it."""
     base = dict(getattr(study, section))
     variants: list[tuple[dict[str, Any], dict[str, Any]]] = [(base, {})]
-    spec = study.space.get(section)
-    if spec is not None:
-        choices = next(iter(spec.values()))
+    whole = study.distributions.get(section)
+    if whole is not None:
+        choices = whole.values
         for choice in choices:
             if not isinstance(choice, dict):
                 raise StudyError(f"{study.path}: space.{section} must list mappings, got "
                                  f"{choice!r}")
         variants = [({**base, **choice}, {f"space.{section}": choice}) for choice in choices]
-    for key, spec in study.space.items():
+    for key, dist in study.distributions.items():
         sec, _, name = key.partition(".")
         if sec == section and name:
-            values = distribution_values(*next(iter(spec.items())))
+            values = dist.edge_values()
             variants = [({**v, name: value}, {**o, f"space.{key}": value})
                         for v, o in variants for value in values]
     return variants
-
-
-def distribution_values(kind: str, args: list) -> list[Any]:
-    """The values of a distribution that decide whether all it draws is legal: every choice or
-    grid value, and both bounds of a range as the type it draws (int draws ints; uniform and
-    loguniform draw floats). Every rule checked is a bound, so the range's ends suffice."""
-    if kind in ("choice", "grid"):
-        return list(args)
-    if kind == "int":
-        return [int(args[0]), int(args[1])]
-    return [float(args[0]), float(args[1])]
 
 
 def _origin_text(origin: dict[str, Any]) -> str:
@@ -368,18 +322,11 @@ def _origin_text(origin: dict[str, Any]) -> str:
 
 def _check_model(model: dict[str, Any], where: str) -> None:
     if "name" not in model:
-        raise StudyError(f"{where}: model.name is missing: use one of {sorted(models.MODELS)}")
+        raise StudyError(f"{where}: model.name is missing: use one of {models.names()}")
     name = model["name"]
-    if name not in models.MODELS:
-        raise StudyError(f"{where}: unknown model {name!r}: use one of {sorted(models.MODELS)}")
-    accepted = models.hyperparameters(name)
-    unknown = set(model) - set(accepted) - {"name"}
-    if unknown:
-        raise StudyError(f"{where}: model {name!r} has no hyperparameter(s) {sorted(unknown)}: "
-                         f"it takes {sorted(accepted)}")
-    for key, value in model.items():
-        if key != "name":
-            _check_type(f"model.{key}", value, accepted[key], where)
+    if name not in models.names():
+        raise StudyError(f"{where}: unknown model {name!r}: use one of {models.names()}")
+    _check_options("model", model, models.hyperparameters(name), "hyperparameter", where)
 
 
 def _check_dataset(dataset: dict[str, Any], where: str) -> None:
@@ -390,10 +337,16 @@ def _check_dataset(dataset: dict[str, Any], where: str) -> None:
         accepted = data.dataset_options(name)
     except UserError as exc:
         raise StudyError(f"{where}: {exc}") from None
-    unknown = set(dataset) - set(accepted) - {"name"}
+    _check_options("dataset", dataset, accepted, "option", where)
+
+
+def _check_options(section: str, values: dict[str, Any], accepted: dict[str, Any], what: str,
+                   where: str) -> None:
+    """Every key of a model or dataset mapping but its name is one it takes, of its type."""
+    unknown = set(values) - set(accepted) - {"name"}
     if unknown:
-        raise StudyError(f"{where}: dataset {name!r} has no option(s) {sorted(unknown)}: it "
-                         f"takes {sorted(accepted)}")
-    for key, value in dataset.items():
+        raise StudyError(f"{where}: {section} {values['name']!r} has no {what}(s) "
+                         f"{sorted(unknown)}: it takes {sorted(accepted)}")
+    for key, value in values.items():
         if key != "name":
-            _check_type(f"dataset.{key}", value, accepted[key], where)
+            _check_type(f"{section}.{key}", value, accepted[key], where)

@@ -1,22 +1,21 @@
-"""A non-neural baseline that runs as an ordinary trial: gradient-boosted trees on raw inputs.
+"""A non-neural baseline model: gradient-boosted trees on raw inputs.
 
 `model: {name: hist_gradient_boosting}` fits scikit-learn's HistGradientBoostingClassifier on
 the flattened training inputs. Boosting rounds play the role of epochs: epoch e grows the
-ensemble to e/epochs of `max_iter` rounds (warm start, so each epoch really trains), and every
-epoch reports the same metrics as a neural trial, so trees line up in trials/epochs.parquet.
+ensemble to e/epochs of `max_iter` rounds (warm start, so each epoch really trains); the
+training loop (`training.run_tree_trial`) reports every epoch as a neural trial does, so trees
+line up in trials/epochs.parquet.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from tune_hw import data
+from tune_hw.errors import UserError
+from tune_hw.model_registry import register_model
 
 TREE_MODELS = frozenset({"hist_gradient_boosting"})
 ROWS_PER_THREAD = 5_000  # below this many training rows per thread, fitting is single-threaded
@@ -41,8 +40,6 @@ class TreeBaseline:
         return max(1, round(self.max_iter * epoch / epochs))
 
     def fit_to(self, rounds: int, split: data.Split, seed: int) -> None:
-        from threadpoolctl import threadpool_limits
-
         self.classifier.set_params(max_iter=rounds, random_state=seed)
         # OpenMP threads follow the trial's CPUs, like torch's (set by the trainable), but
         # small data gets one: thread barriers cost more than the work (30x on a busy host)
@@ -68,13 +65,12 @@ def _features(split: data.Split) -> np.ndarray:
     return split.x.flatten(1).cpu().numpy()
 
 
+@register_model("hist_gradient_boosting")
 def build_hist_gradient_boosting(in_shape: tuple[int, ...], num_classes: int,
                                  max_iter: int = 100, learning_rate: float = 0.1,
                                  max_leaf_nodes: int = 31, min_samples_leaf: int = 20,
                                  l2_regularization: float = 0.0) -> TreeBaseline:
     """Gradient-boosted trees on raw (flattened) inputs; `max_iter` rounds over all epochs."""
-    from tune_hw.errors import UserError
-
     if max_iter < 1 or learning_rate <= 0 or max_leaf_nodes < 2 or min_samples_leaf < 1:
         raise UserError("hist_gradient_boosting needs max_iter >= 1, learning_rate > 0, "
                         f"max_leaf_nodes >= 2 and min_samples_leaf >= 1; got max_iter={max_iter}, "
@@ -82,37 +78,3 @@ def build_hist_gradient_boosting(in_shape: tuple[int, ...], num_classes: int,
                         f"min_samples_leaf={min_samples_leaf}")
     return TreeBaseline(num_classes, max_iter, learning_rate, max_leaf_nodes, min_samples_leaf,
                         l2_regularization)
-
-
-def run_tree_trial(model: TreeBaseline, splits: data.Splits, train: dict[str, Any],
-                   report: Callable[[dict[str, Any], dict[str, Any]], None],
-                   state: dict[str, Any] | None, fixed: dict[str, Any]) -> None:
-    """Grow the ensemble epoch by epoch and report what a neural trial reports.
-
-    A restored trial refits up to its checkpointed epoch (trees are deterministic for a seed)
-    rather than unpickling a model: checkpoints stay plain tensors and numbers.
-    """
-    from tune_hw.trainable import TRAIN_EVAL_ROWS
-
-    epochs, seed = train["epochs"], train["seed"]
-    train_subset = data.Split(splits.train.x[:TRAIN_EVAL_ROWS], splits.train.y[:TRAIN_EVAL_ROWS])
-    start_epoch = state["epoch"] + 1 if state is not None else 1
-    rounds = model.rounds_at(start_epoch - 1, epochs) if start_epoch > 1 else 0
-    if rounds:
-        model.fit_to(rounds, splits.train, seed)
-    for epoch in range(start_epoch, epochs + 1):
-        target = model.rounds_at(epoch, epochs)
-        started = time.perf_counter()
-        model.fit_to(target, splits.train, seed)
-        fit_s = time.perf_counter() - started
-        metrics: dict[str, Any] = {"epoch": epoch, "steps": target - rounds}
-        for name, split in (("train", train_subset), ("val", splits.val), ("test", splits.test)):
-            metrics[f"{name}_loss"], metrics[f"{name}_acc"] = model.evaluate(split)
-        metrics.update({
-            "lr": model.learning_rate, "epoch_s": time.perf_counter() - started,
-            "samples_per_s": len(splits.train) / fit_s if fit_s > 0 else math.nan,
-            "step_loss_std": math.nan, "step_loss_mean": metrics["train_loss"],
-            "diverged": False, **fixed, "num_params": model.num_nodes(),
-        })
-        rounds = target
-        report(metrics, {"epoch": epoch})

@@ -1,12 +1,16 @@
-"""Find the best checkpoint of an earlier tune_hw run, for `weights: run:<study>/<run_name>`.
+"""Pretrained weights for a model, by their source: `imagenet`, a state_dict file, or the best
+saved state of an earlier tune_hw run.
 
+    weights: imagenet                       # torchvision's ResNet-18 weights (torch cache)
+    weights: /path/to/state_dict.pt         # torch.save(model.state_dict(), path)
     weights: run:pretrain/full              # <storage>/pretrain/full
     weights: run:/shared/runs/pretrain/r1   # an absolute run directory
 
-The storage root is $TUNE_HW_STORAGE, else ./runs of the directory the search started in.
+Every file loads with `torch.load(..., weights_only=True)`. The storage root of `run:`
+references is $TUNE_HW_STORAGE, else ./runs of the directory the search started in.
 
 The best trial is the run's best neural trial by the run's own ranking (its study's
-search.metric and mode: results.Ranking, as the search and the report rank); its weights are
+search.metric and mode: ranking.Ranking, as the search and the report rank); its weights are
 the state that trial saved at its best epoch by the same ranking (best.pt). A missing run
 named `full` or `quick` of a study in search_spaces/ is created first by running that study
 (`quick` with its quick profile), so `python -m tune_hw.search transfer --quick` works on a
@@ -20,13 +24,69 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from tune_hw import layout, results
-from tune_hw.baselines import TREE_MODELS
 from tune_hw.errors import UserError
-from tune_hw.results import BEST_STATE_FILE, TRIALS_FILE, Ranking, read_study, trial_dir_name
+from tune_hw.layout import (
+    BEST_STATE_FILE,
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    STUDY_DIR,
+    TRIALS_FILE,
+    trial_dir_name,
+)
+from tune_hw.ranking import Ranking
+from tune_hw.results import CONFIG_PREFIX, read_study
+from tune_hw.trees import TREE_MODELS
 
 AUTO_RUNS = {"full": [], "quick": ["--quick"]}  # missing runs created on demand, their flags
-STORAGE_ENV = "TUNE_HW_STORAGE"  # the storage root of relative references, driver and workers
+
+
+def load_backbone(net: nn.Module, weights: str) -> None:
+    """Copy every pretrained tensor whose name and shape match; the head is always new."""
+    state = pretrained_state(weights)
+    state = {k.removeprefix("net."): v for k, v in state.items()}
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items()
+              if k in own and v.shape == own[k].shape and not k.startswith("fc.")}
+    backbone = [k for k in own if not k.startswith("fc.")]
+    if len(usable) < len(backbone) // 2:
+        raise UserError(f"weights {weights!r} do not fit this resnet18: only {len(usable)} of "
+                        f"{len(backbone)} backbone tensors match by name and shape")
+    net.load_state_dict(usable, strict=False)
+
+
+def pretrained_state(weights: str) -> dict[str, torch.Tensor]:
+    """A state_dict from imagenet, a file or an earlier run, loaded with weights_only=True."""
+    if weights == "imagenet":
+        import torchvision
+
+        try:
+            return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.get_state_dict(
+                progress=False)
+        except Exception as exc:  # offline and not in the torch cache
+            raise UserError(f"imagenet weights for resnet18 are not in the torch cache and "
+                            f"could not be downloaded ({exc}); pass a state_dict path") from None
+    if weights.startswith("run:"):
+        path = best_run_checkpoint(weights[4:])
+    else:
+        path = Path(weights).expanduser()
+    if not path.is_file():
+        raise UserError(f"weights file {path} does not exist: give a state_dict saved with "
+                        "torch.save(model.state_dict(), path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"weights file {path} cannot be loaded safely ({type(exc).__name__}); "
+                        "only plain state_dicts of tensors are accepted") from None
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"weights file {path} holds no model tensors: give a state_dict or a "
+                        "tune_hw checkpoint of a neural trial")
+    return state
+
 
 
 def storage_root() -> Path:
@@ -36,7 +96,7 @@ def storage_root() -> Path:
     """
     if os.environ.get(STORAGE_ENV):
         return Path(os.environ[STORAGE_ENV]).expanduser()
-    return Path(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd())) / "runs"
+    return Path(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd())) / DEFAULT_STORAGE
 
 
 def run_directory(ref: str) -> Path:
@@ -74,8 +134,6 @@ def best_run_checkpoint(ref: str) -> Path:
 
 def ensure_run(ref: str, run_dir: Path) -> None:
     """Create a missing relative run by running its study once, or say how to get one."""
-    from tune_hw.spaces import STUDY_DIR
-
     study, run_name = (Path(ref).parts + ("", ""))[:2]
     known = not Path(ref).is_absolute() and (STUDY_DIR / f"{study}.yaml").is_file()
     if not known or run_name not in AUTO_RUNS:
@@ -106,8 +164,9 @@ def best_trial(run_dir: Path, ref: str) -> str:
     """The id of the run's best neural trial by its study's ranking (a trial without a
     healthy epoch is not ranked; a tree baseline has no weights to give)."""
     usable = results.read_table(run_dir / TRIALS_FILE, ["trial_id", "status", "best_val_acc"])
-    if "config/model.name" in usable:  # a tree baseline has no weights to transfer
-        usable = usable[~usable["config/model.name"].isin(TREE_MODELS)]
+    model_name = f"{CONFIG_PREFIX}model.name"
+    if model_name in usable:  # a tree baseline has no weights to transfer
+        usable = usable[~usable[model_name].isin(TREE_MODELS)]
     ranked = Ranking.of(read_study(run_dir)).ranked(usable.reset_index(drop=True))
     if ranked.empty:
         raise UserError(f"weights run:{ref}: no neural trial of {run_dir} finished an epoch "

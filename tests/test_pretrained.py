@@ -1,15 +1,17 @@
-"""`weights: run:<study>/<run>`: the best saved state of an earlier run, and clear errors."""
+"""Pretrained weights (tune_hw.pretrained): a state_dict file, `weights: run:<study>/<run>` (the
+best saved state of an earlier run), and clear errors."""
 
 from __future__ import annotations
 
 import math
+import pickle
 import subprocess
 
 import pandas as pd
 import pytest
 import torch
 
-from tune_hw import checkpoints, models, results, search
+from tune_hw import models, pretrained, results, search
 from tune_hw.errors import UserError
 
 
@@ -48,9 +50,9 @@ def storage(tmp_path, monkeypatch):
 def test_best_trial_then_its_best_state(storage):
     # b is best by val_acc (c has no healthy epoch, d is a tree baseline without weights)
     fake_run(storage / "pretrain" / "r1", TRIALS, {t: weights(i) for i, t in enumerate("abd")})
-    path = checkpoints.best_run_checkpoint("pretrain/r1")
+    path = pretrained.best_run_checkpoint("pretrain/r1")
     assert path == storage / "pretrain" / "r1" / "trial_b" / "best.pt"
-    assert checkpoints.best_run_checkpoint(str(storage / "pretrain" / "r1")) == path
+    assert pretrained.best_run_checkpoint(str(storage / "pretrain" / "r1")) == path
 
 
 def test_the_best_trial_follows_the_runs_own_metric(storage):
@@ -58,13 +60,13 @@ def test_the_best_trial_follows_the_runs_own_metric(storage):
     study = {"name": "pretrain", "search": {"metric": "val_loss", "mode": "min"}}
     fake_run(storage / "pretrain" / "r2", TRIALS, {t: weights(i) for i, t in enumerate("abd")},
              study)
-    assert checkpoints.best_run_checkpoint("pretrain/r2").parent.name == "trial_a"
+    assert pretrained.best_run_checkpoint("pretrain/r2").parent.name == "trial_a"
 
 
 def test_storage_root_defaults_to_runs_of_the_launch_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("TUNE_HW_STORAGE", raising=False)
     monkeypatch.setenv("TUNE_ORIG_WORKING_DIR", str(tmp_path))  # what Tune sets in a trial
-    assert checkpoints.run_directory("pretrain/full") == tmp_path / "runs" / "pretrain" / "full"
+    assert pretrained.run_directory("pretrain/full") == tmp_path / "runs" / "pretrain" / "full"
 
 
 @pytest.mark.parametrize("ref, message", [
@@ -75,18 +77,18 @@ def test_storage_root_defaults_to_runs_of_the_launch_directory(monkeypatch, tmp_
 ])
 def test_bad_references_are_one_clear_error(storage, ref, message):
     with pytest.raises(UserError, match=message):
-        checkpoints.best_run_checkpoint(ref)
+        pretrained.best_run_checkpoint(ref)
 
 
 def test_a_run_without_states_or_usable_trials_is_an_error(storage):
     fake_run(storage / "s" / "empty", TRIALS, {})
     with pytest.raises(UserError, match="saved no best.pt"):
-        checkpoints.best_run_checkpoint("s/empty")
+        pretrained.best_run_checkpoint("s/empty")
     no_healthy = {**TRIALS, "best_val_acc": [math.nan] * 3 + [0.9]}
     fake_run(storage / "s" / "bad", {**no_healthy, "status": ["diverged"] * 3 + ["completed"]},
              {})
     with pytest.raises(UserError, match="no neural trial"):
-        checkpoints.best_run_checkpoint("s/bad")
+        pretrained.best_run_checkpoint("s/bad")
 
 
 def test_a_missing_run_of_a_known_study_is_created_first(storage, monkeypatch):
@@ -99,23 +101,23 @@ def test_a_missing_run_of_a_known_study_is_created_first(storage, monkeypatch):
                                           "best_val_acc": [0.5]}, {"a": weights(1)})
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(checkpoints.subprocess, "run", fake_search)
-    path = checkpoints.best_run_checkpoint("pretrain/quick")
+    monkeypatch.setattr(pretrained.subprocess, "run", fake_search)
+    path = pretrained.best_run_checkpoint("pretrain/quick")
     assert calls[0][1:] == ["-m", "tune_hw.search", "pretrain", "--name", "quick",
                             "--storage-path", str(storage), "--quick"]
     assert path.is_file()
-    checkpoints.best_run_checkpoint("pretrain/quick")  # now it exists: nothing runs again
+    pretrained.best_run_checkpoint("pretrain/quick")  # now it exists: nothing runs again
     assert len(calls) == 1
 
 
 def test_a_failed_creation_or_a_trial_never_runs_a_study(storage, monkeypatch):
-    monkeypatch.setattr(checkpoints.subprocess, "run",
+    monkeypatch.setattr(pretrained.subprocess, "run",
                         lambda command, env: subprocess.CompletedProcess(command, 1))
     with pytest.raises(UserError, match="failed"):
-        checkpoints.best_run_checkpoint("pretrain/full")
+        pretrained.best_run_checkpoint("pretrain/full")
     monkeypatch.setenv("TUNE_ORIG_WORKING_DIR", str(storage))
     with pytest.raises(UserError, match="not visible from this worker"):
-        checkpoints.best_run_checkpoint("pretrain/full")
+        pretrained.best_run_checkpoint("pretrain/full")
 
 
 def test_finetune_loads_the_run_checkpoint_backbone(storage):
@@ -143,3 +145,28 @@ def test_cli_stops_on_a_missing_run_with_one_line(storage, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: weights run:nosuch/r1:") and "not a tune_hw run" in err[0]
+
+
+def test_finetune_needs_weights_and_rejects_unfit_ones(tmp_path):
+    with pytest.raises(UserError, match="needs pretrained weights"):
+        models.build("resnet18", (1, 8, 8), 3, mode="finetune")
+    path = tmp_path / "mlp.pt"
+    torch.save(models.build("mlp", (2,), 3).state_dict(), path)
+    with pytest.raises(UserError, match="do not fit this resnet18"):
+        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(path))
+    with pytest.raises(UserError, match="does not exist"):
+        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(tmp_path / "x.pt"))
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_weights_file_with_pickled_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _Exploit()}, f)
+    with pytest.raises(UserError, match="cannot be loaded safely"):
+        models.build("resnet18", (1, 8, 8), 3, mode="finetune", weights=str(path))
+    assert "pwned" not in capsys.readouterr().out

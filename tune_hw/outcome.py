@@ -1,0 +1,71 @@
+"""What a search produced: its parquet files written from Ray's records of the trials, the best
+trial printed, and the exit code (0, 1 when no trial produced a result, 130 when interrupted).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from tune_hw import ray_files, results
+from tune_hw.results import CONFIG_PREFIX
+from tune_hw.studies import Study
+
+
+def write_results(run_dir: Path, resolved: dict[str, Any], study: Study) -> int:
+    """Write the parquet files from what Ray stored; the exit code: 0, 130 when the search was
+    interrupted, 1 when it ran but no trial produced a result."""
+    records = ray_files.read_ray_trials(run_dir)
+    run = results.write_run(run_dir, records, resolved)
+    if was_interrupted(records, study):
+        return 130
+    failed = no_result_line(run)
+    if failed:
+        print(f"error: {failed}", file=sys.stderr)
+        return 1
+    print_best(run, study)
+    return 0
+
+
+def expected_trials(study: Study) -> int:
+    """How many trials a finished search has: num_samples times the size of every grid."""
+    return math.prod([study.search["num_samples"],
+                      *(dist.grid_size for dist in study.distributions.values())])
+
+
+def was_interrupted(records: list[results.TrialRecord], study: Study) -> bool:
+    return len(records) < expected_trials(study) or not all(r.ended for r in records)
+
+
+def print_best(run: results.Run, study: Study) -> None:
+    """The best trial by the study's ranking, its searched values and scores."""
+    ranked = study.ranking.ranked(run.trials)
+    statuses = run.trials["status"].value_counts().to_dict()
+    if ranked.empty:
+        print(f"no trial finished a healthy epoch (statuses: {statuses}); run directory: "
+              f"{run.path}")
+        return
+    best = ranked.iloc[0]
+    searched = [k for k in best.index if k.startswith(CONFIG_PREFIX) and (
+        k.removeprefix(CONFIG_PREFIX) in study.space  # a searched key, or one of a searched section
+        or k.removeprefix(CONFIG_PREFIX).partition(".")[0] in study.space)]
+    config = {k.removeprefix(CONFIG_PREFIX): best[k].item() if hasattr(best[k], "item") else best[k]
+              for k in searched if not results.is_missing(best[k])}
+    print(f"best trial {best['trial_id']} (by validation): {config}")
+    print(f"  val_acc {best['best_val_acc']:.4f}  val_loss {best['val_loss_at_best']:.4f}  "
+          f"test_acc {best['test_acc_at_best']:.4f}  at epoch {int(best['best_epoch'])} "
+          f"(ranked by {study.ranking.metric}, {study.ranking.mode})")
+    print(f"  statuses: {statuses}")
+    print(f"run directory: {run.path}")
+
+
+def no_result_line(run: results.Run) -> str | None:
+    """One line when no trial reported a single epoch: how many failed and the first error."""
+    if len(run.epochs) or run.trials.empty:
+        return None
+    errors = run.trials["error"].dropna()
+    first = f"; the first error: {errors.iloc[0]}" if len(errors) else ""
+    return (f"no trial produced a result: {len(errors)} of {len(run.trials)} trials failed"
+            f"{first} (run directory: {run.path})")

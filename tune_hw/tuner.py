@@ -1,0 +1,112 @@
+"""The Ray Tune search of a study: its param space, searcher, scheduler, and the Tuner, new or
+restored from a run directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from tune_hw import cluster, layout, ray_trial
+from tune_hw.distributions import Distribution
+from tune_hw.studies import Study
+
+
+def to_tune(dist: Distribution) -> Any:
+    """One study distribution as a Ray Tune domain."""
+    if dist.kind == "uniform":
+        return tune.uniform(dist.low, dist.high)
+    if dist.kind == "loguniform":
+        return tune.loguniform(dist.low, dist.high)
+    if dist.kind == "int":
+        return tune.randint(int(dist.low), int(dist.high) + 1)  # study ranges are inclusive
+    if dist.kind == "choice":
+        return tune.choice(list(dist.values))
+    return tune.grid_search(list(dist.values))
+
+
+def param_space(study: Study) -> dict[str, Any]:
+    """The flat dotted Tune param_space: fixed values plus one domain per searched key."""
+    space = study.fixed_config()
+    for key, dist in study.distributions.items():
+        space[key] = to_tune(dist)
+    return space
+
+
+def make_search_alg(study: Study) -> Any:
+    """Optuna's TPE, or Tune's own random/grid generator, with at most `max_concurrent` live
+    trials (Optuna: by default as many as the running cluster fits at once)."""
+    seed = study.train["seed"]
+    limit = study.search["max_concurrent"]
+    if study.search["algorithm"] != "optuna":
+        # it takes its own limit (0 = none): ConcurrencyLimiter refuses a non-Searcher
+        return BasicVariantGenerator(random_state=seed, max_concurrent=limit)
+    # Without a ConcurrencyLimiter Tune keeps one trial of a custom searcher pending at a time,
+    # so a cluster fills one trial after another and short trials all reuse the first actor.
+    limit = limit or cluster.concurrent_slots(study.resources)
+    searcher = OptunaSearch(seed=seed)
+    return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit > 0 else searcher
+
+
+def max_epochs(study: Study) -> int:
+    dist = study.distributions.get("train.epochs")
+    return int(dist.upper if dist else study.train["epochs"])
+
+
+def make_scheduler(study: Study) -> Any:
+    """ASHA on the reported epoch (it survives restores), or FIFO."""
+    if study.scheduler["name"] == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=max_epochs(study),
+                         grace_period=study.scheduler["grace_period"],
+                         reduction_factor=study.scheduler["reduction_factor"])
+
+
+def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
+    """The Tune trainable with the study's per-trial resources; tune_trainable also gets the
+    run directory (where each trial keeps its states) and the study's ranking."""
+    if trainable is None:
+        trainable = tune.with_parameters(ray_trial.tune_trainable, run_dir=str(run_dir),
+                                         ranking=study.ranking)
+    return tune.with_resources(trainable,
+                               {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
+
+
+def build_tuner(study: Study, storage: Path, run_name: str,
+                trainable: Callable | None = None) -> Any:
+    """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults).
+
+    Tune keeps no checkpoints (each trial keeps its own states: ray_trial.TrialStates), so it
+    never forces experiment snapshots; it takes them on its own schedule (about 5 % of time).
+    """
+    search = study.search
+    return tune.Tuner(
+        make_trainable(study, storage / study.name / run_name, trainable),
+        param_space=param_space(study),
+        tune_config=tune.TuneConfig(
+            metric=search["metric"], mode=search["mode"], num_samples=search["num_samples"],
+            search_alg=make_search_alg(study), scheduler=make_scheduler(study),
+            reuse_actors=True, trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=run_name, storage_path=str(storage / study.name),
+            failure_config=tune.FailureConfig(max_failures=study.failure["max_failures"])),
+    )
+
+
+def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
+    """Ray's Tuner.restore with the searcher's state: finished trials stay finished,
+    unfinished ones continue from their latest state, errored ones stay errored."""
+    return tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
+                              resume_unfinished=True, resume_errored=False,
+                              restart_errored=False, param_space=param_space(study))
+
+
+def _trial_name(trial: Any) -> str:
+    return layout.trial_dir_name(trial.trial_id)
