@@ -98,6 +98,14 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def member_rows(trial_id: str, config: dict[str, Any], result: dict[str, Any]
+                ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """THE expansion of one reported result into tune_hw trials: (trial id, flat config, row)
+    for each. Every reader of reports (the parquet files, the callbacks) goes through it, so a
+    Tune trial that trains several configurations at once changes this function only."""
+    return [(trial_id, flatten_config(config), result)]
+
+
 def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
     """A whole searched section (a mapping) spreads into its dotted keys."""
     flat = {k: v for k, v in config.items() if not isinstance(v, dict)}
