@@ -1,11 +1,13 @@
 """A trial's saved states (tune_hw.ray_trial.TrialStates), the Ray-free parts: its latest state and
 its best epoch's, by the study's ranking."""
 
+import json
+
 import pytest
 import torch
 from test_training import collect
 
-from tune_hw import layout, ray_trial, training
+from tune_hw import layout, ray_files, ray_trial, training
 from tune_hw.ranking import Ranking
 
 
@@ -21,11 +23,12 @@ def test_trial_states_keep_the_best_epoch_by_the_studys_ranking(tmp_path, rankin
             metrics_row(5, 0.99, 0.01, diverged=True)]  # never the best, whatever it says
     for row in rows:
         states.keep_if_best(row, {"epoch": row["epoch"], "w": torch.tensor(float(row["epoch"]))})
-        states.keep_latest({"epoch": row["epoch"]})
+        states.keep_latest(row, {"epoch": row["epoch"]})
     saved = torch.load(tmp_path / layout.BEST_STATE_FILE, weights_only=True)
     assert saved["epoch"] == best and saved["w"].item() == best
     again = ray_trial.TrialStates(tmp_path, ranking)
-    assert again.latest() == {"epoch": 5} and again.best["epoch"] == best  # survives a restart
+    latest = again.latest()
+    assert latest == {"epoch": 5, "row": rows[-1]} and again.best["epoch"] == best  # restarts
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
@@ -33,9 +36,21 @@ def test_a_resumed_trial_continues_from_its_latest_state_on_the_cpu(tmp_path, ti
     states = ray_trial.TrialStates(tmp_path, Ranking())
     full, _ = collect(tiny_countries)
     training.run_trial({**tiny_countries, "train.epochs": 1},
-                        lambda m, s: (states.keep_if_best(m, s), states.keep_latest(s)))
+                        lambda m, s: (states.keep_if_best(m, s), states.keep_latest(m, s)))
     state = ray_trial.TrialStates(tmp_path, Ranking()).latest()
     assert state["generator"].device.type == "cpu" and state["epoch"] == 1
     resumed, _ = collect(tiny_countries, state)
     assert [r["epoch"] for r in resumed] == [2, 3]
     assert resumed[-1]["val_loss"] == pytest.approx(full[-1]["val_loss"], rel=1e-6)
+
+
+def test_a_trials_rows_are_rays_and_the_epochs_ray_never_received(tmp_path):
+    states = ray_trial.TrialStates(tmp_path, Ranking())
+    for epoch in (1, 2, 3, 3, 4):  # epoch 3 retried after a crash
+        states.append_row({**metrics_row(epoch, 0.1 * epoch, 1.0), "try": "own"})
+    ray_rows = [{**metrics_row(e, 0.1 * e, 1.0), "time_total_s": e} for e in (1, 2)]
+    (tmp_path / layout.RESULT_FILE).write_text(
+        "".join(json.dumps(r) + "\n" for r in ray_rows) + '{"epoch": 3, "val_')  # cut short
+    rows = ray_files.trial_rows(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r.get("time_total_s") for r in rows] == [1, 2, None, None]  # Ray's row where it has one
