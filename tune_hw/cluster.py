@@ -12,7 +12,6 @@ import math
 import os
 import re
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import ray
 from ray._private import ray_constants
 
+from tune_hw import terminal
 from tune_hw.errors import UserError
 from tune_hw.layout import STORAGE_ENV
 from tune_hw.studies import Study
@@ -51,11 +51,11 @@ def init_ray(address: str | None, dashboard: bool = False,
                        runtime_env=runtime_env)
     node_ip = ray.util.get_node_ip_address()
     if not ipaddress.ip_address(node_ip).is_loopback:
-        print(f"warning: the local Ray listens on {node_ip}, not 127.0.0.1: it was started "
-              f"outside ray_on_loopback; set {LOOPBACK_ONLY}=0 before starting Python",
-              file=sys.stderr)
+        terminal.warn(f"warning: the local Ray listens on {node_ip}, not 127.0.0.1: it was "
+                      f"started outside ray_on_loopback; set {LOOPBACK_ONLY}=0 before "
+                      "starting Python")
     if dashboard:
-        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+        terminal.say(f"Ray dashboard: http://{context.dashboard_url}")
 
 
 @contextlib.contextmanager
