@@ -122,6 +122,9 @@ def test_sigkilled_search_resumes_without_losing_or_repeating_trials(tmp_path, r
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
     assert len(trials) == 5 and trials.trial_id.is_unique
     assert set(trials.status) <= {"completed", "diverged"}
+    # the resumed display counts the trials of the first run too (it reads their rows)
+    progress = [line for line in resumed.stdout.splitlines() if " trials 5/5 done" in line]
+    assert progress and "error" not in progress[-1], resumed.stdout[-3000:]
     after = reported_epochs(run_dir)
     for trial_id in finished:  # finished trials were not run again
         assert after[trial_id] == before[trial_id]

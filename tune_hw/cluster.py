@@ -28,11 +28,12 @@ LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine
 
 
 def init_ray(address: str | None, dashboard: bool = False,
-             runtime_env: dict[str, Any] | None = None) -> None:
+             runtime_env: dict[str, Any] | None = None) -> bool:
     """Join a cluster at `address`, or start a local Ray (dashboard on 127.0.0.1 if asked);
-    `runtime_env` is what every trial worker of this job gets."""
+    `runtime_env` is what every trial worker of this job gets. False when this process had
+    Ray running already (its caller's to stop)."""
     if ray.is_initialized():
-        return
+        return False
     if address:
         if dashboard:
             raise UserError("--dashboard starts a local dashboard; a cluster has its own: open "
@@ -45,7 +46,7 @@ def init_ray(address: str | None, dashboard: bool = False,
                             "`ray start --head` or check the address; a cluster with token "
                             "authentication also needs RAY_AUTH_MODE=token here and its token "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
-        return
+        return True
     # address="local": always a new Ray, never someone else's `ray start` cluster on this host
     context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                        runtime_env=runtime_env)
@@ -56,6 +57,13 @@ def init_ray(address: str | None, dashboard: bool = False,
                       "starting Python")
     if dashboard:
         terminal.say(f"Ray dashboard: http://{context.dashboard_url}")
+    return True
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (a local one stops): its last forwarded worker lines land now,
+    while the driver's output still goes where the search sent it."""
+    ray.shutdown()
 
 
 @contextlib.contextmanager

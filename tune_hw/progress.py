@@ -23,6 +23,7 @@ from tune_hw.studies import Study
 ENDED = ("TERMINATED", "ERROR")  # Tune's statuses of a trial that will not run again
 STATUSES = ("completed", "early_stopped", "diverged", "error")
 TOP_TRIALS = 5
+REDRAW_S = 0.5  # the live display's shortest interval between recomputations
 
 
 @dataclass
@@ -189,6 +190,9 @@ class Progress(Callback):
         table_due = final or self._table_last is None or now - self._table_last >= \
             self.table_every_s
         if self._rich is not None:
+            if not final and self._last is not None and now - self._last < REDRAW_S:
+                return  # Tune calls on_step_end many times a second
+            self._last = now
             view = self.view(trials)
             if table_due and len(self._ranked()) > 1:
                 self._table_last = now

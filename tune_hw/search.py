@@ -107,12 +107,19 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     run_checks.check_run_dir(run_dir, args.resume, resolved, storage)
     run_checks.check_writable(storage, run_dir.parent)
     with terminal.run_log(run_dir, enabled=not args.verbose) as settle:
-        search = start_search(args, study, storage, run_dir, resolved)
-        settle()  # the run directory exists now: driver.log moves in
+        if not args.verbose:
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in driver.log
+        started = cluster.init_ray(args.address, args.dashboard, cluster.worker_runtime_env())
         try:
-            search.fit()
-        except KeyboardInterrupt:  # a second Ctrl-C: Ray has stopped its graceful shutdown
-            pass
+            search = start_search(args, study, storage, run_dir, resolved)
+            settle()  # the run directory exists now: driver.log moves in
+            try:
+                search.fit()
+            except KeyboardInterrupt:  # a second Ctrl-C: Ray stopped its graceful shutdown
+                pass
+        finally:
+            if started:  # inside the redirect: Ray's last lines go to driver.log too
+                cluster.stop_ray()
     code = outcome.write_results(run_dir, resolved, study)
     if code == 0:
         outcome.print_next_steps(run_dir)
@@ -126,11 +133,8 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
 
 def start_search(args: argparse.Namespace, study: Study, storage: Path, run_dir: Path,
                  resolved: dict[str, Any]) -> Any:
-    """Start Ray, check the cluster, write study.yaml and make (or restore) the Tuner, with
-    the progress display unless --verbose asks for Ray's own output."""
-    if not args.verbose:
-        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in driver.log
-    cluster.init_ray(args.address, args.dashboard, cluster.worker_runtime_env())
+    """Check the cluster, write study.yaml and make (or restore) the Tuner, with the
+    progress display unless --verbose asks for Ray's own output."""
     cluster.check_shared_storage(storage)
     if not args.address:
         cluster.check_trial_fits(study)
