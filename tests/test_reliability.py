@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -264,7 +265,7 @@ def failing_tune_trainable(config, run_dir, ranking):
 
 
 def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ray_tmp,
-                                                                    monkeypatch, capsys):
+                                                                    monkeypatch, capfd):
     import ray
     from ray import cloudpickle
 
@@ -277,9 +278,14 @@ def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ra
                             "--storage-path", str(tmp_path), "--name", "all_failed"])
     finally:
         ray.shutdown()
-    errors = [line for line in capsys.readouterr().err.splitlines()
-              if line.startswith("error: ")]
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 1 and len(errors) == 1, errors
+    # and one line per failed trial while it ran, its traceback left to driver.log
+    failed = [line for line in err.splitlines() if re.fullmatch(
+        r"trial \w+ failed: .*RuntimeError: out of memory at lr=\S+ \(the traceback is in "
+        r"driver.log\)", line)]
+    assert len(failed) == 2, err[-3000:]
     assert errors[0].startswith("error: no trial produced a result: 2 of 2 trials failed; "
                                 "the first error: RuntimeError: out of memory at lr=")
     assert pd.read_parquet(tmp_path / "lr_batch" / "all_failed" / "trials.parquet").status \
