@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -122,6 +123,9 @@ def test_sigkilled_search_resumes_without_losing_or_repeating_trials(tmp_path, r
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
     assert len(trials) == 5 and trials.trial_id.is_unique
     assert set(trials.status) <= {"completed", "diverged"}
+    # the resumed display counts the trials of the first run too (it reads their rows)
+    progress = [line for line in resumed.stdout.splitlines() if " trials 5/5 done" in line]
+    assert progress and "error" not in progress[-1], resumed.stdout[-3000:]
     after = reported_epochs(run_dir)
     for trial_id in finished:  # finished trials were not run again
         assert after[trial_id] == before[trial_id]
@@ -261,7 +265,7 @@ def failing_tune_trainable(config, run_dir, ranking):
 
 
 def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ray_tmp,
-                                                                    monkeypatch, capsys):
+                                                                    monkeypatch, capfd):
     import ray
     from ray import cloudpickle
 
@@ -274,9 +278,14 @@ def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ra
                             "--storage-path", str(tmp_path), "--name", "all_failed"])
     finally:
         ray.shutdown()
-    errors = [line for line in capsys.readouterr().err.splitlines()
-              if line.startswith("error: ")]
+    err = capfd.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 1 and len(errors) == 1, errors
+    # and one line per failed trial while it ran, its traceback left to driver.log
+    failed = [line for line in err.splitlines() if re.fullmatch(
+        r"trial \w+ failed: .*RuntimeError: out of memory at lr=\S+ \(the traceback is in "
+        r"driver.log\)", line)]
+    assert len(failed) == 2, err[-3000:]
     assert errors[0].startswith("error: no trial produced a result: 2 of 2 trials failed; "
                                 "the first error: RuntimeError: out of memory at lr=")
     assert pd.read_parquet(tmp_path / "lr_batch" / "all_failed" / "trials.parquet").status \

@@ -1,9 +1,12 @@
 """One real Ray Tune run end to end through the CLI, and the CLI's error lines."""
 
+import re
+
 import pandas as pd
 import pytest
 
 from tune_hw import results
+from tune_hw.ranking import Ranking
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,29 @@ def test_cli_prints_the_best_config_and_run_directory(quick_run):
     assert f"best trial {best.trial_id} (by validation)" in proc.stdout
     assert f"val_acc {best.best_val_acc:.4f}" in proc.stdout
     assert f"run directory: {run_dir}" in proc.stdout
+
+
+def test_piped_output_is_a_few_progress_lines_and_rays_goes_to_driver_log(quick_run):
+    proc, run_dir = quick_run
+    out = proc.stdout + proc.stderr
+    assert len(proc.stdout.splitlines()) <= 40 and proc.stderr == "", out[-3000:]
+    assert "Checkpoint successfully created" not in out and not re.search(r"\bINFO\b", out)
+    assert "Configuration for experiment" not in out and "ray/session_" not in out
+    progress = [line for line in proc.stdout.splitlines() if re.match(r"\[\w+\] trials ", line)]
+    final = re.search(r"trials 4/4 done \| 0 running, 0 pending \| (.*) \| elapsed .* \| "
+                      r"best val_acc (\d\.\d{4}) \(trial (\w+)\): train\.lr=", progress[-1])
+    assert final, progress
+    # the display and the final block agree: both read the trials through the one ranking
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    counts = ", ".join(f"{n} {s}" for s, n in trials.status.value_counts(sort=False).items())
+    assert sorted(final.group(1).split(", ")) == sorted(counts.split(", "))
+    best = Ranking().ranked(trials).iloc[0]
+    assert (final.group(3), final.group(2)) == (best.trial_id, f"{best.best_val_acc:.4f}")
+    assert f"python -m tune_hw.report {run_dir}" in proc.stdout
+    assert f"tensorboard --logdir {run_dir}" in proc.stdout
+    log = (run_dir / "driver.log").read_text()
+    assert log.count("Checkpoint successfully created") == 4  # Ray's output, all of it
+    assert "Started a local Ray instance" in log and "Configuration for experiment" in log
 
 
 @pytest.mark.parametrize("args, message", [

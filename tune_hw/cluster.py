@@ -12,7 +12,6 @@ import math
 import os
 import re
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import ray
 from ray._private import ray_constants
 
+from tune_hw import terminal
 from tune_hw.errors import UserError
 from tune_hw.layout import STORAGE_ENV
 from tune_hw.studies import Study
@@ -28,11 +28,12 @@ LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine
 
 
 def init_ray(address: str | None, dashboard: bool = False,
-             runtime_env: dict[str, Any] | None = None) -> None:
+             runtime_env: dict[str, Any] | None = None) -> bool:
     """Join a cluster at `address`, or start a local Ray (dashboard on 127.0.0.1 if asked);
-    `runtime_env` is what every trial worker of this job gets."""
+    `runtime_env` is what every trial worker of this job gets. False when this process had
+    Ray running already (its caller's to stop)."""
     if ray.is_initialized():
-        return
+        return False
     if address:
         if dashboard:
             raise UserError("--dashboard starts a local dashboard; a cluster has its own: open "
@@ -45,17 +46,24 @@ def init_ray(address: str | None, dashboard: bool = False,
                             "`ray start --head` or check the address; a cluster with token "
                             "authentication also needs RAY_AUTH_MODE=token here and its token "
                             "(~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
-        return
+        return True
     # address="local": always a new Ray, never someone else's `ray start` cluster on this host
     context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                        runtime_env=runtime_env)
     node_ip = ray.util.get_node_ip_address()
     if not ipaddress.ip_address(node_ip).is_loopback:
-        print(f"warning: the local Ray listens on {node_ip}, not 127.0.0.1: it was started "
-              f"outside ray_on_loopback; set {LOOPBACK_ONLY}=0 before starting Python",
-              file=sys.stderr)
+        terminal.warn(f"warning: the local Ray listens on {node_ip}, not 127.0.0.1: it was "
+                      f"started outside ray_on_loopback; set {LOOPBACK_ONLY}=0 before "
+                      "starting Python")
     if dashboard:
-        print(f"Ray dashboard: http://{context.dashboard_url}", flush=True)
+        terminal.say(f"Ray dashboard: http://{context.dashboard_url}")
+    return True
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray (a local one stops): its last forwarded worker lines land now,
+    while the driver's output still goes where the search sent it."""
+    ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -4,12 +4,14 @@ trial printed, and the exit code (0, 1 when no trial produced a result, 130 when
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from tune_hw import ray_files, results
+from tune_hw import layout, ray_files, results
 from tune_hw.results import CONFIG_PREFIX
 from tune_hw.studies import Study
 
@@ -48,17 +50,33 @@ def print_best(run: results.Run, study: Study) -> None:
               f"{run.path}")
         return
     best = ranked.iloc[0]
-    searched = [k for k in best.index if k.startswith(CONFIG_PREFIX) and (
-        k.removeprefix(CONFIG_PREFIX) in study.space  # a searched key, or one of a searched section
-        or k.removeprefix(CONFIG_PREFIX).partition(".")[0] in study.space)]
-    config = {k.removeprefix(CONFIG_PREFIX): best[k].item() if hasattr(best[k], "item") else best[k]
-              for k in searched if not results.is_missing(best[k])}
+    config = study.searched({
+        k.removeprefix(CONFIG_PREFIX): best[k].item() if hasattr(best[k], "item") else best[k]
+        for k in best.index if k.startswith(CONFIG_PREFIX) and not results.is_missing(best[k])})
     print(f"best trial {best['trial_id']} (by validation): {config}")
     print(f"  val_acc {best['best_val_acc']:.4f}  val_loss {best['val_loss_at_best']:.4f}  "
           f"test_acc {best['test_acc_at_best']:.4f}  at epoch {int(best['best_epoch'])} "
           f"(ranked by {study.ranking.metric}, {study.ranking.mode})")
     print(f"  statuses: {statuses}")
     print(f"run directory: {run.path}")
+
+
+def print_next_steps(run_dir: Path) -> None:
+    """The commands that open the run: the report, TensorBoard, and optuna-dashboard and
+    MLflow where they are installed and the run has their files; Ray's log."""
+    run = shlex.quote(str(run_dir))
+    steps = [("report", f"python -m tune_hw.report {run}"),
+             ("TensorBoard", f"tensorboard --logdir {run}")]
+    if importlib.util.find_spec("optuna_dashboard") and (run_dir / layout.OPTUNA_DB).is_file():
+        steps.append(("Optuna", f"optuna-dashboard sqlite:///{run}/{layout.OPTUNA_DB}"))
+    if importlib.util.find_spec("mlflow") and (run_dir / layout.MLFLOW_DB).is_file():
+        steps.append(("MLflow", f"mlflow ui --backend-store-uri sqlite:///{run}/"
+                                f"{layout.MLFLOW_DB}"))
+    if (run_dir / layout.DRIVER_LOG).is_file():
+        steps.append(("Ray's output", str(run_dir / layout.DRIVER_LOG)))
+    width = max(len(name) for name, _ in steps) + 1
+    for name, command in steps:
+        print(f"  {name + ':':<{width}} {command}")
 
 
 def no_result_line(run: results.Run) -> str | None:

@@ -8,7 +8,9 @@
     python -m tune_hw.search lr_batch --name r1 --resume       # continue an interrupted run
 
 The run lands in <storage-path>/<study>/<run-name>/: trials.parquet, epochs.parquet,
-grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment files.
+grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment files. The
+terminal shows a progress display; everything Ray prints goes to driver.log there
+(--verbose: to the terminal, as Ray prints it).
 """
 
 from __future__ import annotations
@@ -21,10 +23,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tune_hw import cluster, layout, outcome, preflight, results, run_checks, strict_yaml, tuner
+from tune_hw import (
+    cluster,
+    layout,
+    outcome,
+    preflight,
+    progress,
+    results,
+    run_checks,
+    strict_yaml,
+    terminal,
+    tuner,
+)
 from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.layout import DEFAULT_STORAGE, STORAGE_ENV
-from tune_hw.studies import load_study
+from tune_hw.studies import Study, load_study
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="continue the interrupted run --name (same study and options)")
     parser.add_argument("--dashboard", action="store_true",
                         help="local Ray only: start the Ray dashboard on 127.0.0.1, print its URL")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Ray's full output instead of the progress display "
+                             "(otherwise it goes to <run>/driver.log)")
     return parser.parse_args(argv)
 
 
@@ -90,23 +106,46 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
     run_checks.check_run_dir(run_dir, args.resume, resolved, storage)
     run_checks.check_writable(storage, run_dir.parent)
-    cluster.init_ray(args.address, args.dashboard, cluster.worker_runtime_env())
+    with terminal.run_log(run_dir, enabled=not args.verbose) as settle:
+        if not args.verbose:
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in driver.log
+        started = cluster.init_ray(args.address, args.dashboard, cluster.worker_runtime_env())
+        try:
+            search = start_search(args, study, storage, run_dir, resolved)
+            settle()  # the run directory exists now: driver.log moves in
+            try:
+                search.fit()
+            except KeyboardInterrupt:  # a second Ctrl-C: Ray stopped its graceful shutdown
+                pass
+        finally:
+            if started:  # inside the redirect: Ray's last lines go to driver.log too
+                cluster.stop_ray()
+    code = outcome.write_results(run_dir, resolved, study)
+    if code == 0:
+        outcome.print_next_steps(run_dir)
+    elif not args.verbose:
+        print(f"Ray's full output: {run_dir / layout.DRIVER_LOG}", file=sys.stderr)
+    if code == 130:
+        print(f"search interrupted; results so far are in {run_dir}\n"
+              f"continue it with: {resume_command(argv, run_name)}", file=sys.stderr)
+    return code
+
+
+def start_search(args: argparse.Namespace, study: Study, storage: Path, run_dir: Path,
+                 resolved: dict[str, Any]) -> Any:
+    """Check the cluster, write study.yaml and make (or restore) the Tuner, with the
+    progress display unless --verbose asks for Ray's own output."""
     cluster.check_shared_storage(storage)
     if not args.address:
         cluster.check_trial_fits(study)
     if not args.resume:
         results.write_study(run_dir, resolved)  # a running run is readable from the start
-    search = tuner.restore_tuner(study, run_dir) if args.resume else \
-        tuner.build_tuner(study, storage, run_name)
-    try:
-        search.fit()
-    except KeyboardInterrupt:  # a second Ctrl-C: Ray has stopped its graceful shutdown
-        pass
-    code = outcome.write_results(run_dir, resolved, study)
-    if code == 130:
-        print(f"search interrupted; results so far are in {run_dir}\n"
-              f"continue it with: {resume_command(argv, run_name)}", file=sys.stderr)
-    return code
+    display = [] if args.verbose else [progress.Progress(
+        study, outcome.expected_trials(study), tuner.max_epochs(study))]
+    verbose = None if args.verbose else 0  # 0: Ray's own reporter prints nothing
+    if args.resume:
+        return tuner.restore_tuner(study, run_dir, callbacks=display, verbose=verbose)
+    return tuner.build_tuner(study, storage, run_dir.name, callbacks=display, verbose=verbose)
 
 
 def resume_command(argv: list[str], run_name: str) -> str:

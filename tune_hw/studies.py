@@ -53,6 +53,12 @@ class Study:
         """How this study ranks epochs and trials (its search.metric and mode)."""
         return Ranking(self.search["metric"], self.search["mode"])
 
+    def searched(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The searched entries of a flat trial config: a searched key, or one of a searched
+        section (a `model:` choice spreads into model.name, model.width, ...)."""
+        return {k: v for k, v in config.items()
+                if k in self.space or k.partition(".")[0] in self.space}
+
     def fixed_config(self) -> dict[str, Any]:
         """The fixed values as the flat dotted config a trial takes (`train.lr`, ...)."""
         return {f"{section}.{key}": value for section in SECTIONS

@@ -4,7 +4,7 @@ restored from a run directory.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +78,10 @@ def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = Non
                                {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
 
 
-def build_tuner(study: Study, storage: Path, run_name: str,
-                trainable: Callable | None = None) -> Any:
-    """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults).
+def build_tuner(study: Study, storage: Path, run_name: str, trainable: Callable | None = None,
+                callbacks: Sequence[Any] = (), verbose: int | None = None) -> Any:
+    """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults);
+    `callbacks` and `verbose` (None: Ray's default) set what the driver prints.
 
     Tune keeps no checkpoints (each trial keeps its own states: ray_trial.TrialStates), so it
     never forces experiment snapshots; it takes them on its own schedule (about 5 % of time).
@@ -96,16 +97,25 @@ def build_tuner(study: Study, storage: Path, run_name: str,
             trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=run_name, storage_path=str(storage / study.name),
+            callbacks=list(callbacks), verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=study.failure["max_failures"])),
     )
 
 
-def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
+def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None,
+                  callbacks: Sequence[Any] = (), verbose: int | None = None) -> Any:
     """Ray's Tuner.restore with the searcher's state: finished trials stay finished,
-    unfinished ones continue from their latest state, errored ones stay errored."""
-    return tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
-                              resume_unfinished=True, resume_errored=False,
-                              restart_errored=False, param_space=param_space(study))
+    unfinished ones continue from their latest state, errored ones stay errored.
+
+    The restored Tuner would bring back the callbacks and verbosity pickled in tuner.pkl
+    (the first run's display settings); this run's replace them. Tuner.restore takes no
+    RunConfig, so this sets them on its private `_local_tuner` (tests pin it)."""
+    tuner = tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
+                               resume_unfinished=True, resume_errored=False,
+                               restart_errored=False, param_space=param_space(study))
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks, run_config.verbose = list(callbacks), verbose
+    return tuner
 
 
 def _trial_name(trial: Any) -> str:
