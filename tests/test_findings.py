@@ -335,9 +335,10 @@ def test_metrics_a_run_did_not_record_make_claims_inconclusive():
 
 
 def test_split_sizes_prefer_trial_columns_then_study_data_sizes():
-    t = trials([{"n_val": 500}, {}])
+    t = trials([{"val_size": 500, "train_eval_size": 300}, {}])
     sizes = TM.split_sizes(t, STUDY)
     assert sizes["val"].tolist() == [500, 1000] and sizes["test"].tolist() == [1000, 1000]
+    assert sizes["train"][0] == 300  # the rows the train accuracy was measured on
     assert np.isnan(TM.split_sizes(t, {})["test"]).all()
     draws = TM.redraw(np.array([0.8, 0.8]), np.array([math.nan, 10]), np.random.default_rng(0), 50)
     assert (draws[:, 0] == 0.8).all() and set(np.unique(draws[:, 1] * 10)) <= set(range(11))

@@ -40,14 +40,14 @@ class TrialValues:
 def split_sizes(trials: pd.DataFrame, study: dict[str, Any]) -> dict[str, np.ndarray]:
     """Per trial, how many examples each accuracy was measured on (NaN: unknown).
 
-    Columns `n_train_eval`, `n_val`, `n_test` win; otherwise study.yaml `data_sizes`
-    (`train_eval`, else `train`: the train accuracy's rows, `val`, `test`).
+    The trial's own columns (results.SPLIT_SIZE_COLUMNS: `train_eval_size`, the training rows
+    its train accuracy is measured on, `val_size`, `test_size`) win; otherwise study.yaml
+    `data_sizes` (`train_eval`, else `train`, `val`, `test`) of runs before them.
     """
     sizes = study.get("data_sizes") or {}
     fallback = {"train": sizes.get("train_eval", sizes.get("train")), "val": sizes.get("val"),
                 "test": sizes.get("test")}
-    columns = {"train": "n_train_eval" if "n_train_eval" in trials else "n_train",
-               "val": "n_val", "test": "n_test"}
+    columns = {"train": "train_eval_size", "val": "val_size", "test": "test_size"}
     out = {}
     for split, column in columns.items():
         default = math.nan if fallback[split] is None else float(fallback[split])
