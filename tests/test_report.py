@@ -189,6 +189,51 @@ def test_every_number_in_the_text_is_in_summary_json(lr_report, deep_report):
         assert not missing, f"report.md states numbers summary.json lacks: {missing}"
 
 
+def test_findings_open_the_report_with_each_claims_verdict(tmp_path):
+    """Claims in study.yaml: verdicts in summary.json and first in the text; the effect of the
+    gradient claim re-derived from grads.parquet, the per-config means from trials.parquet."""
+    F.write_repeated_deep_run(tmp_path / "run")
+    s = make_report(tmp_path / "run", tmp_path / "out", "--bootstrap", "400")
+    verdicts = {f["name"]: f["verdict"] for f in s["findings"]}
+    assert list(verdicts) == [c["name"] for c in F.DEEP_CLAIMS]
+    assert verdicts == {"The plain net's first-layer gradient vanishes": "supported",
+                        "Residual + BatchNorm beats the plain net": "supported",
+                        "The plain net beats residual + BatchNorm": "contradicted",
+                        "Depth 8 changes nothing": "supported"}
+    assert set(s["findings"][0]) == {"name", "verdict", "effect", "ci_low", "ci_high", "n"}
+    grads = pd.read_parquet(tmp_path / "run" / "grads.parquet")
+    trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    plain = trials[trials["config/model.residual"] == False].trial_id  # noqa: E712
+    first = grads[grads.trial_id.isin(plain) & (grads.epoch == 1)]
+    ratio = first.groupby("trial_id").apply(
+        lambda g: math.log10(g.sort_values("layer").grad_norm.iloc[0]
+                             / g.sort_values("layer").grad_norm.iloc[-1]))
+    gradient = s["findings"][0]
+    assert gradient["effect"] == pytest.approx(ratio.mean()) and gradient["n"] == len(plain)
+    assert gradient["ci_low"] <= gradient["effect"] <= gradient["ci_high"] < -2
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.index("## Findings") < md.index("## Overview") < md.index("## Per config")
+    for f in s["findings_detail"]:
+        assert f"**{f['name']}.** {f['sentence']}" in md
+    # per config: 6 configs of 3 repeats, means over the repeats
+    configs = {r["config_id"]: r for r in s["configs"]["table"]}
+    assert s["configs"]["n_configs"] == 6 and s["configs"]["max_repeats"] == 3
+    for cid, group in trials.groupby("config_id"):
+        assert configs[cid]["n_repeats"] == 3
+        assert configs[cid]["val_mean"] == pytest.approx(group.best_val_acc.mean())
+        assert configs[cid]["val_low"] <= configs[cid]["val_mean"] <= configs[cid]["val_high"]
+
+
+def test_a_claim_study_yaml_no_longer_parses_is_a_warning_not_a_crash(tmp_path):
+    run = F.write_repeated_deep_run(tmp_path / "run", repeats=1)
+    study = {**run.study, "claims": [{"name": "x", "compare": "nonsense", "group": "all",
+                                      "above": 0}]}
+    results.write_study(tmp_path / "run", study)
+    s = make_report(tmp_path / "run", tmp_path / "out", "--bootstrap", "50")
+    assert s["findings"] == [] and "unknown metric 'nonsense'" in s["claims_error"]
+    assert "claims could not be read" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_batch_size_table_matches_the_epochs(lr_report):
     run_dir, s, _ = lr_report
     t = pd.read_parquet(run_dir / "trials.parquet")
