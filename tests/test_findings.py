@@ -283,6 +283,19 @@ def curve_epochs(curves, steps=10, running=None):
     return pd.DataFrame(rows)
 
 
+def test_an_accuracy_no_trial_reaches_is_inconclusive_not_a_tie():
+    """All curves below acc: every value is the stand-in, an interval [0, 0], not evidence."""
+    t = gap_trials([0.1, 0.1], [0.1, 0.1])
+    low = {tid: [0.2, 0.3] for tid in t.trial_id}
+    claim = ("- {name: a, compare: epochs_to_acc, acc: 0.9, higher: {model.name: mlp}, "
+             "lower: {model.name: cnn}}")
+    (f,) = evaluate(claim, t, curve_epochs(low))
+    assert f.verdict == "inconclusive" and "no trial reaches" in f.sentence
+    reached = {**low, t.trial_id[2]: [0.95, 0.96], t.trial_id[3]: [0.5, 0.95]}
+    (g,) = evaluate(claim, t, curve_epochs(reached))  # the CNNs reach it: 3 − 1.5 epochs
+    assert g.verdict == "supported" and g.effect == pytest.approx(1.5)
+
+
 def test_epochs_and_steps_to_an_accuracy_with_never_reached_counted_one_past():
     t = trials([{}, {}, {}])
     epochs = curve_epochs({"t0": [0.5, 0.97, 0.98], "t1": [0.95, 0.96, 0.97],

@@ -182,6 +182,11 @@ def _metric_claim(claim: Compare | Trend, t: pd.DataFrame, inside: np.ndarray,
     short = [g for g in table if g.n < MIN_GROUP_TRIALS]
     if short:
         return _undecided(claim, n, table, _too_few(short, claim.metric.name))
+    used = np.concatenate(positions)
+    if values.censored is not None and values.censored[used].all():
+        return _undecided(claim, n, table, f"no trial reaches the accuracy of "
+                          f"{claim.metric.describe()}, so every value is the one-past-the-last "
+                          "stand-in: train longer or lower acc")
     draws = values.draw(rng, n_boot)
     configs = TM.config_ids(t)
     boot, by_config = [], False

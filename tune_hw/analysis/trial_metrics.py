@@ -35,6 +35,9 @@ class TrialValues:
     point: np.ndarray  # (T,), NaN where not measurable
     draw: Callable[[np.random.Generator, int], np.ndarray]  # (n_boot, T)
     noisy: bool  # whether `draw` redraws evaluation examples
+    # (T,) True where the value is a stand-in, not a measurement (an accuracy never reached
+    # counts one epoch past the last): trials that all stand in say nothing about the claim
+    censored: np.ndarray | None = None
 
 
 def split_sizes(trials: pd.DataFrame, study: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -211,4 +214,6 @@ def _to_acc(trials: pd.DataFrame, epochs: pd.DataFrame, n_val: np.ndarray, acc: 
 
     point = np.array([crossing(c.val_acc.astype(float).to_numpy()[None, :], c)[0]
                       if c is not None and len(c) else math.nan for c in rows], float)
-    return TrialValues(point, draw, bool(np.isfinite(n_val).any()))
+    never = np.array([c is not None and len(c) and not (c.val_acc.astype(float) >= acc).any()
+                      for c in rows], bool)
+    return TrialValues(point, draw, bool(np.isfinite(n_val).any()), never)
