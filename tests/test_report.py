@@ -22,7 +22,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report_fixtures as F  # noqa: E402
 
-from tune_hw import report, results  # noqa: E402
+from tune_hw import report, results, studies  # noqa: E402
 from tune_hw.report import document  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -350,12 +350,12 @@ def test_a_broken_image_is_caught(tmp_path):
 def real_runs(tmp_path_factory):
     """Quick `lr_batch` and `deep` searches, side by side (each starts its own local Ray)."""
     storage = tmp_path_factory.mktemp("runs")
-    studies = [s for s in ("lr_batch", "deep") if (REPO / f"search_spaces/{s}.yaml").is_file()]
+    names = [s for s in ("lr_batch", "deep") if (REPO / f"search_spaces/{s}.yaml").is_file()]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {study: subprocess.Popen(
         [sys.executable, "-m", "tune_hw.search", study, "--quick", "--name", "r1",
          "--storage-path", str(storage)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for study in studies}
+        stderr=subprocess.STDOUT, text=True) for study in names}
     logs = {study: p.communicate(timeout=600)[0] for study, p in procs.items()}
     for study, p in procs.items():
         assert p.returncode == 0, f"quick {study} search failed:\n{logs[study][-3000:]}"
@@ -386,6 +386,18 @@ def test_real_deep_report(real_runs, tmp_path):
     grads = pd.read_parquet(run_dir / "grads.parquet")
     assert {r["layers"] for r in s["grad_flow"]["ratios"]} == {grads.layer.nunique()}
     assert len(s["grad_flow"]["ratios"]) == pd.read_parquet(run_dir / "trials.parquet").shape[0]
+    # the study's claims, tested on the real run: grad_ratio re-derived from grads.parquet
+    claims = studies.load_study("deep", quick=True).claims
+    assert [f["name"] for f in s["findings"]] == [c.name for c in claims]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    plain = trials[trials["config/model.residual"] == False].trial_id  # noqa: E712
+    first = grads[grads.trial_id.isin(plain) & (grads.epoch == grads.epoch.min())]
+    first = first.sort_values("layer").groupby("trial_id").grad_norm
+    ratio = np.log10(np.maximum(first.first(), np.finfo(np.float32).tiny) / first.last())
+    (detail,) = [f for f in s["findings_detail"] if f["name"] == claims[0].name]
+    assert detail["groups"][0]["value"] == pytest.approx(ratio.mean())
+    assert detail["groups"][0]["n"] == len(plain)
+    assert "## Findings" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_a_running_search_is_read_from_rays_files(real_runs, tmp_path):

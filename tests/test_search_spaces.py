@@ -62,7 +62,7 @@ def test_every_study_file_says_which_question_it_answers():
 def test_architectures_compares_mlps_and_every_cnn_kernel(storage):
     everything = quick(storage, "architectures").trials  # its quick profile keeps 2 repeats
     assert set(everything.status) == {"completed"} and len(everything) == 14
-    assert everything.groupby("config_id").seed.apply(sorted).map(tuple).eq((0, 1)).all()
+    assert all(sorted(g.seed) == [0, 1] for _, g in everything.groupby("config_id"))
     assert everything.config_id.nunique() == 7
     trials = everything[everything.repeat == 0]
     cnn = trials[trials["config/model.name"] == "cnn"]
@@ -225,8 +225,8 @@ def test_reproduce_quick_indexes_every_study_with_its_verdicts(storage, tmp_path
         assert all(html.escape(c.name) in page for c in study.claims)
     # a second reproduce reruns nothing: every run is finished
     again = reproduce.main(["--quick", "--storage-path", str(storage), "--out",
-                            str(tmp_path / "again"), "--studies", "lr_batch,epochs",
+                            str(tmp_path / "again"), "--studies", "lr_batch",
                             "--bootstrap", "50"])
     states = [e["state"] for e in json.loads((tmp_path / "again" / "summary.json")
                                              .read_text())["studies"]]
-    assert again == 0 and states == ["finished", "finished"]
+    assert again == 0 and states == ["finished"]
