@@ -100,6 +100,10 @@ DEEP_VARIANTS = [{"residual": False, "norm": "none"}, {"residual": True, "norm":
 def write_deep_run(run_dir: Path) -> results.Run:
     """A `deep`-like run: the study's whole-`model` variants × depth, with gradient norms."""
     space = {"model": {"grid": DEEP_VARIANTS}, "model.depth": {"grid": [4, 8]}}
+    return results.write_run(run_dir, _deep_records(), study_dict("deep", space))
+
+
+def _deep_records() -> list[results.TrialRecord]:
     records = []
     for i, (variant, depth) in enumerate((v, d) for v in DEEP_VARIANTS for d in (4, 8)):
         residual, norm = variant["residual"], variant["norm"]
@@ -113,7 +117,37 @@ def write_deep_run(run_dir: Path) -> results.Run:
                   "model.residual": residual, "model.norm": norm, "train.epochs": 3,
                   "train.batch_size": 64, "train.lr": 0.05}
         records.append(results.TrialRecord(f"d{i:02d}", config, rows))
-    return results.write_run(run_dir, records, study_dict("deep", space))
+    return records
+
+
+DEEP_CLAIMS = [
+    {"name": "The plain net's first-layer gradient vanishes", "compare": "grad_ratio",
+     "group": {"model.residual": False}, "below": -2},
+    {"name": "Residual + BatchNorm beats the plain net", "compare": "best_val_acc",
+     "higher": {"model.residual": True, "model.norm": "batch"},
+     "lower": {"model.residual": False}},
+    {"name": "The plain net beats residual + BatchNorm", "compare": "best_val_acc",
+     "higher": {"model.residual": False},
+     "lower": {"model.residual": True, "model.norm": "batch"}},
+    {"name": "Depth 8 changes nothing", "compare": "best_val_acc",
+     "same": [{"model.depth": 4}, {"model.depth": 8}], "within": 0.5},
+]
+
+
+def write_repeated_deep_run(run_dir: Path, repeats: int = 3) -> results.Run:
+    """The `deep`-like run with `repeats` seeds per config (each seed a little off the
+    config's curve) and the study's claims in study.yaml."""
+    records = []
+    for record in (r for r in _deep_records()):
+        for rep in range(repeats):
+            rows = [{**row, "val_acc": row["val_acc"] + 0.004 * (rep - 1), "seed": rep}
+                    for row in record.rows]
+            config = {**record.config, "train.seed": 0, results.REPEAT_KEY: rep}
+            records.append(results.TrialRecord(f"{record.trial_id}r{rep}", config, rows))
+    space = {"model": {"grid": DEEP_VARIANTS}, "model.depth": {"grid": [4, 8]}}
+    study = study_dict("deep", space, claims=DEEP_CLAIMS)
+    study["train"]["track_grads"] = True
+    return results.write_run(run_dir, records, study)
 
 
 # ---------------------------------------------------------------------------- Chromium

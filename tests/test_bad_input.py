@@ -154,6 +154,15 @@ EARLY_CASES = {
                              "contains a path separator"),
     "num_samples_not_a_number": ("", "", ["--num-samples", "many"],
                                  "argument --num-samples: invalid int value: 'many'"),
+    "repeats_zero": ("", "", ["--repeats", "0"], "search.repeats must be >= 1 (seeds per config)"),
+    "claim_on_a_value_never_searched": (
+        "scheduler: {name: asha}", "scheduler: {name: asha}\nclaims:\n  - name: cnn wins\n"
+        "    compare: best_val_acc\n    higher: {model.name: cnn}\n    lower: all", [],
+        "claims[0] ('cnn wins'): model.name: 'cnn' is not a value of this study"),
+    "claim_with_an_unknown_metric": (
+        "scheduler: {name: asha}", "scheduler: {name: asha}\nclaims:\n  - name: fast\n"
+        "    trend: speed\n    across: train.lr\n    direction: rising", [],
+        "claims[0] ('fast'): trend: unknown metric 'speed'"),
 }
 
 

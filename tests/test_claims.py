@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tune_hw import claim_groups, results
+from tune_hw import claim_groups, results, studies
 from tune_hw import claims as C
 from tune_hw.analysis import effects, params
 from tune_hw.claims import Compare, Group, Label, Metric, Selection, Selector, Trend
@@ -257,33 +257,25 @@ def test_every_metric_has_a_described_parameter():
         assert Metric(name, default).describe().startswith(name)
 
 
-# ------------------------------------------------------------ the proposed study claims
+# ------------------------------------------------------------ the shipped study claims
 
-PROPOSED = Path(__file__).with_name("proposed_claims.yaml")
-ARCHITECTURES_1D = {  # search_spaces/architectures_1d.yaml (its branch adds the file)
-    "dataset": {"name": "mnist1d"}, "model": {},
-    "train": {"epochs": 80, "optimizer": "adam", "lr": 3.0e-3, "batch_size": 64, "seed": 0},
-    "space": {"model": {"grid": [{"name": "mlp", "width": 256, "depth": 2}] + [
-        {"name": "cnn", "kernel_size": k, "channels": 32, "depth": 3} for k in (1, 3, 5, 7)]},
-        "dataset.shuffle": {"grid": [False, True]}},
-}
+ISSUE_STUDIES = {"architectures", "architectures_1d", "lr_batch", "lr_extremes", "epochs",
+                 "normalization", "width_depth", "deep", "batch_size", "transfer"}
 
 
-def shipped_study(name):
-    path = STUDY_DIR / f"{name}.yaml"
-    if name == "architectures_1d" and not path.is_file():
-        return ARCHITECTURES_1D
-    return yaml.safe_load(path.read_text())
+@pytest.mark.parametrize("name", sorted(p.stem for p in STUDY_DIR.glob("*.yaml")))
+def test_each_shipped_study_states_claims_that_validate_full_and_quick(name):
+    raw = yaml.safe_load((STUDY_DIR / f"{name}.yaml").read_text())
+    for quick in (False, True):
+        study = studies.load_study(name, quick=quick)
+        assert len(study.claims) == len(raw["claims"]) >= 1
+        assert [c.name for c in study.claims] == [c["name"] for c in raw["claims"]]
+        assert study.resolved()["claims"] == raw["claims"]  # study.yaml keeps them
+    assert raw["search"]["repeats"] >= 1
 
 
-@pytest.mark.parametrize("name", sorted(yaml.safe_load(PROPOSED.read_text())))
-def test_each_proposed_claims_block_validates_against_its_study(name):
-    block = yaml.safe_load(PROPOSED.read_text())[name]
-    parsed = C.parse_claims(block["claims"], shipped_study(name), f"{name}.yaml")
-    assert len(parsed) == len(block["claims"]) >= 1 and block["repeats"] >= 1
-
-
-def test_every_study_of_the_issue_has_a_proposed_block():
-    issue = {"architectures", "architectures_1d", "lr_batch", "lr_extremes", "epochs",
-             "normalization", "width_depth", "deep", "batch_size", "transfer"}
-    assert set(yaml.safe_load(PROPOSED.read_text())) == issue
+def test_every_study_of_the_issue_is_shipped_with_repeats_its_claims_need():
+    shipped = {p.stem: studies.load_study(p.stem) for p in STUDY_DIR.glob("*.yaml")}
+    assert ISSUE_STUDIES <= set(shipped)
+    assert shipped["architectures"].search["repeats"] == 6  # 6 of 6 underfit shows > 0.5
+    assert "train.seed" not in shipped["transfer"].space  # its seeds are repeats now

@@ -283,6 +283,19 @@ def curve_epochs(curves, steps=10, running=None):
     return pd.DataFrame(rows)
 
 
+def test_an_accuracy_no_trial_reaches_is_inconclusive_not_a_tie():
+    """All curves below acc: every value is the stand-in, an interval [0, 0], not evidence."""
+    t = gap_trials([0.1, 0.1], [0.1, 0.1])
+    low = {tid: [0.2, 0.3] for tid in t.trial_id}
+    claim = ("- {name: a, compare: epochs_to_acc, acc: 0.9, higher: {model.name: mlp}, "
+             "lower: {model.name: cnn}}")
+    (f,) = evaluate(claim, t, curve_epochs(low))
+    assert f.verdict == "inconclusive" and "no trial reaches" in f.sentence
+    reached = {**low, t.trial_id[2]: [0.95, 0.96], t.trial_id[3]: [0.5, 0.95]}
+    (g,) = evaluate(claim, t, curve_epochs(reached))  # the CNNs reach it: 3 − 1.5 epochs
+    assert g.verdict == "supported" and g.effect == pytest.approx(1.5)
+
+
 def test_epochs_and_steps_to_an_accuracy_with_never_reached_counted_one_past():
     t = trials([{}, {}, {}])
     epochs = curve_epochs({"t0": [0.5, 0.97, 0.98], "t1": [0.95, 0.96, 0.97],
@@ -335,9 +348,10 @@ def test_metrics_a_run_did_not_record_make_claims_inconclusive():
 
 
 def test_split_sizes_prefer_trial_columns_then_study_data_sizes():
-    t = trials([{"n_val": 500}, {}])
+    t = trials([{"val_size": 500, "train_eval_size": 300}, {}])
     sizes = TM.split_sizes(t, STUDY)
     assert sizes["val"].tolist() == [500, 1000] and sizes["test"].tolist() == [1000, 1000]
+    assert sizes["train"][0] == 300  # the rows the train accuracy was measured on
     assert np.isnan(TM.split_sizes(t, {})["test"]).all()
     draws = TM.redraw(np.array([0.8, 0.8]), np.array([math.nan, 10]), np.random.default_rng(0), 50)
     assert (draws[:, 0] == 0.8).all() and set(np.unique(draws[:, 1] * 10)) <= set(range(11))

@@ -92,7 +92,7 @@ def members_of(case):
 def assert_rows_match(fused_rows, plain_rows):
     assert [r["epoch"] for r in fused_rows] == [r["epoch"] for r in plain_rows]
     first_f, first_p = fused_rows[0], plain_rows[0]
-    assert first_f["step_loss_mean"] == pytest.approx(first_p["step_loss_mean"], rel=1e-4)
+    assert first_f["train_loss_running"] == pytest.approx(first_p["train_loss_running"], rel=1e-4)
     for f, p in zip(fused_rows, plain_rows, strict=True):
         assert f["steps"] == p["steps"] and f["diverged"] == p["diverged"]
         assert f["val_acc"] == pytest.approx(p["val_acc"], abs=0.01)

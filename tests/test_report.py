@@ -22,7 +22,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report_fixtures as F  # noqa: E402
 
-from tune_hw import report, results  # noqa: E402
+from tune_hw import report, results, studies  # noqa: E402
 from tune_hw.report import document  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,6 +189,51 @@ def test_every_number_in_the_text_is_in_summary_json(lr_report, deep_report):
         assert not missing, f"report.md states numbers summary.json lacks: {missing}"
 
 
+def test_findings_open_the_report_with_each_claims_verdict(tmp_path):
+    """Claims in study.yaml: verdicts in summary.json and first in the text; the effect of the
+    gradient claim re-derived from grads.parquet, the per-config means from trials.parquet."""
+    F.write_repeated_deep_run(tmp_path / "run")
+    s = make_report(tmp_path / "run", tmp_path / "out", "--bootstrap", "400")
+    verdicts = {f["name"]: f["verdict"] for f in s["findings"]}
+    assert list(verdicts) == [c["name"] for c in F.DEEP_CLAIMS]
+    assert verdicts == {"The plain net's first-layer gradient vanishes": "supported",
+                        "Residual + BatchNorm beats the plain net": "supported",
+                        "The plain net beats residual + BatchNorm": "contradicted",
+                        "Depth 8 changes nothing": "supported"}
+    assert set(s["findings"][0]) == {"name", "verdict", "effect", "ci_low", "ci_high", "n"}
+    grads = pd.read_parquet(tmp_path / "run" / "grads.parquet")
+    trials = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    plain = trials[trials["config/model.residual"] == False].trial_id  # noqa: E712
+    first = grads[grads.trial_id.isin(plain) & (grads.epoch == 1)]
+    ratio = first.groupby("trial_id").apply(
+        lambda g: math.log10(g.sort_values("layer").grad_norm.iloc[0]
+                             / g.sort_values("layer").grad_norm.iloc[-1]))
+    gradient = s["findings"][0]
+    assert gradient["effect"] == pytest.approx(ratio.mean()) and gradient["n"] == len(plain)
+    assert gradient["ci_low"] <= gradient["effect"] <= gradient["ci_high"] < -2
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.index("## Findings") < md.index("## Overview") < md.index("## Per config")
+    for f in s["findings_detail"]:
+        assert f"**{f['name']}.** {f['sentence']}" in md
+    # per config: 6 configs of 3 repeats, means over the repeats
+    configs = {r["config_id"]: r for r in s["configs"]["table"]}
+    assert s["configs"]["n_configs"] == 6 and s["configs"]["max_repeats"] == 3
+    for cid, group in trials.groupby("config_id"):
+        assert configs[cid]["n_repeats"] == 3
+        assert configs[cid]["val_mean"] == pytest.approx(group.best_val_acc.mean())
+        assert configs[cid]["val_low"] <= configs[cid]["val_mean"] <= configs[cid]["val_high"]
+
+
+def test_a_claim_study_yaml_no_longer_parses_is_a_warning_not_a_crash(tmp_path):
+    run = F.write_repeated_deep_run(tmp_path / "run", repeats=1)
+    study = {**run.study, "claims": [{"name": "x", "compare": "nonsense", "group": "all",
+                                      "above": 0}]}
+    results.write_study(tmp_path / "run", study)
+    s = make_report(tmp_path / "run", tmp_path / "out", "--bootstrap", "50")
+    assert s["findings"] == [] and "unknown metric 'nonsense'" in s["claims_error"]
+    assert "claims could not be read" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_batch_size_table_matches_the_epochs(lr_report):
     run_dir, s, _ = lr_report
     t = pd.read_parquet(run_dir / "trials.parquet")
@@ -305,12 +350,12 @@ def test_a_broken_image_is_caught(tmp_path):
 def real_runs(tmp_path_factory):
     """Quick `lr_batch` and `deep` searches, side by side (each starts its own local Ray)."""
     storage = tmp_path_factory.mktemp("runs")
-    studies = [s for s in ("lr_batch", "deep") if (REPO / f"search_spaces/{s}.yaml").is_file()]
+    names = [s for s in ("lr_batch", "deep") if (REPO / f"search_spaces/{s}.yaml").is_file()]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = {study: subprocess.Popen(
         [sys.executable, "-m", "tune_hw.search", study, "--quick", "--name", "r1",
          "--storage-path", str(storage)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True) for study in studies}
+        stderr=subprocess.STDOUT, text=True) for study in names}
     logs = {study: p.communicate(timeout=600)[0] for study, p in procs.items()}
     for study, p in procs.items():
         assert p.returncode == 0, f"quick {study} search failed:\n{logs[study][-3000:]}"
@@ -341,6 +386,18 @@ def test_real_deep_report(real_runs, tmp_path):
     grads = pd.read_parquet(run_dir / "grads.parquet")
     assert {r["layers"] for r in s["grad_flow"]["ratios"]} == {grads.layer.nunique()}
     assert len(s["grad_flow"]["ratios"]) == pd.read_parquet(run_dir / "trials.parquet").shape[0]
+    # the study's claims, tested on the real run: grad_ratio re-derived from grads.parquet
+    claims = studies.load_study("deep", quick=True).claims
+    assert [f["name"] for f in s["findings"]] == [c.name for c in claims]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    plain = trials[trials["config/model.residual"] == False].trial_id  # noqa: E712
+    first = grads[grads.trial_id.isin(plain) & (grads.epoch == grads.epoch.min())]
+    first = first.sort_values("layer").groupby("trial_id").grad_norm
+    ratio = np.log10(np.maximum(first.first(), np.finfo(np.float32).tiny) / first.last())
+    (detail,) = [f for f in s["findings_detail"] if f["name"] == claims[0].name]
+    assert detail["groups"][0]["value"] == pytest.approx(ratio.mean())
+    assert detail["groups"][0]["n"] == len(plain)
+    assert "## Findings" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_a_running_search_is_read_from_rays_files(real_runs, tmp_path):

@@ -3,6 +3,8 @@ and its parquet files carry what the study's question needs."""
 
 from __future__ import annotations
 
+import html
+import json
 import math
 import os
 
@@ -10,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tune_hw import models, pretrained, results, search, studies
+from tune_hw import models, pretrained, reproduce, results, search, studies
 
 STUDIES = ["architectures", "architectures_1d", "lr_extremes", "epochs", "normalization", "width_depth", "deep",
            "batch_size", "pretrain", "transfer"]
@@ -58,8 +60,11 @@ def test_every_study_file_says_which_question_it_answers():
 
 
 def test_architectures_compares_mlps_and_every_cnn_kernel(storage):
-    trials = quick(storage, "architectures").trials
-    assert set(trials.status) == {"completed"}
+    everything = quick(storage, "architectures").trials  # its quick profile keeps 2 repeats
+    assert set(everything.status) == {"completed"} and len(everything) == 14
+    assert all(sorted(g.seed) == [0, 1] for _, g in everything.groupby("config_id"))
+    assert everything.config_id.nunique() == 7
+    trials = everything[everything.repeat == 0]
     cnn = trials[trials["config/model.name"] == "cnn"]
     assert sorted(cnn["config/model.kernel_size"]) == [1, 3, 5, 7]
     assert (trials["config/model.name"] == "mlp").sum() == 3
@@ -188,3 +193,40 @@ def test_transfer_chain_loads_the_pretrain_checkpoint(storage):
     state = torch.load(pretrained.best_run_checkpoint("pretrain/quick"), weights_only=True)
     net = models.build("resnet18", (1, 8, 8), 5, mode="finetune", weights="run:pretrain/quick")
     assert torch.equal(net.layer1[0].conv1.weight, state["model"]["layer1.0.conv1.weight"])
+
+
+def test_reproduce_quick_indexes_every_study_with_its_verdicts(storage, tmp_path):
+    """Last in this module: the quick runs above are reused (a finished run is reported, not
+    rerun), lr_batch's is run here; every study gets a report and its claims a verdict."""
+    code = reproduce.main(["--quick", "--storage-path", str(storage), "--out",
+                           str(tmp_path / "index"), "--bootstrap", "200"])
+    assert code == 0
+    index = json.loads((tmp_path / "index" / "summary.json").read_text())
+    shipped = sorted(p.stem for p in studies.STUDY_DIR.glob("*.yaml"))
+    entries = {e["study"]: e for e in index["studies"]}
+    assert sorted(entries) == shipped and index["profile"] == "quick"
+    assert [e["study"] for e in index["studies"]].index("pretrain") < \
+        [e["study"] for e in index["studies"]].index("transfer")
+    reused = {name for name in STUDIES if name in entries}
+    assert {entries[n]["state"] for n in reused} == {"finished"}
+    assert entries["lr_batch"]["state"] == "new" and entries["lr_batch"]["search_wall_s"] > 0
+    page = (tmp_path / "index" / "index.html").read_text()
+    for name in shipped:
+        study = studies.load_study(name, quick=True)
+        entry = entries[name]
+        assert [f["name"] for f in entry["findings"]] == [c.name for c in study.claims]
+        assert all(f["verdict"] in ("supported", "contradicted", "inconclusive")
+                   for f in entry["findings"])
+        summary = json.loads((tmp_path / "index" / name / "summary.json").read_text())
+        assert summary["findings"] == [{k: f[k] for k in ("name", "verdict", "effect",
+                                                            "ci_low", "ci_high", "n")}
+                                       for f in entry["findings"]]
+        assert f'href="{name}/index.html"' in page
+        assert all(html.escape(c.name) in page for c in study.claims)
+    # a second reproduce reruns nothing: every run is finished
+    again = reproduce.main(["--quick", "--storage-path", str(storage), "--out",
+                            str(tmp_path / "again"), "--studies", "lr_batch",
+                            "--bootstrap", "50"])
+    states = [e["state"] for e in json.loads((tmp_path / "again" / "summary.json")
+                                             .read_text())["studies"]]
+    assert again == 0 and states == ["finished"]

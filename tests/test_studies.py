@@ -72,6 +72,15 @@ BAD = [  # (replace this, with that, message fragment)
      "space: {}", "space is empty"),
     ("train.batch_size:", "optim.batch_size:", "must start with one of"),
     ("description: test study", "description: !!python/object/apply:os.system [echo hi]", "invalid YAML"),
+    ("{algorithm: optuna, num_samples: 4}", "{algorithm: optuna, repeats: 0}",
+     "search.repeats must be >= 1"),
+    ("{algorithm: optuna, num_samples: 4}", "{algorithm: optuna, repeats: 2.0}",
+     "search.repeats must be int, got 2.0"),
+    ("quick:", "claims: {name: x}\nquick:", "claims must be a list of mappings"),
+    ("quick:", "claims:\n  - {name: x, compare: gapp, group: all, above: 0}\nquick:",
+     "claims[0] ('x'): compare: unknown metric 'gapp'"),
+    ("quick:", "claims:\n  - {name: x, label: diverged, group: {train.batch_size: 64}}\nquick:",
+     "claims[0] ('x'): train.batch_size: 64 is not a value of this study"),
 ]
 
 
@@ -191,3 +200,24 @@ def test_ranges_are_checked_at_both_bounds(tmp_path):
     study = studies.load_study(str(write(tmp_path, text)))
     epochs = sorted({v["epochs"] for v in studies.section_variants(study, "train")})
     assert epochs == [1, 64] and all(isinstance(e, int) for e in epochs)
+
+
+def test_claims_are_checked_against_the_quick_profile_too(tmp_path):
+    """A claim on a value the quick profile no longer searches is refused under --quick."""
+    text = GOOD.replace("quick: {num_samples: 2, train.epochs: 1}",
+                        "quick: {num_samples: 2, space.train.batch_size: {choice: [8]}}\n"
+                        "claims:\n  - {name: big batches, label: good, group: "
+                        "{train.batch_size: 32}}")
+    path = write(tmp_path, text)
+    assert studies.load_study(str(path)).claims[0].name == "big batches"
+    with pytest.raises(StudyError, match=r"claims\[0\].*32 is not a value of this study"):
+        studies.load_study(str(path), quick=True)
+
+
+def test_repeats_default_to_one_and_quick_or_set_override_them(tmp_path):
+    path = write(tmp_path, GOOD.replace("quick: {", "quick: {search.repeats: 1, ")
+                 .replace("num_samples: 4}", "num_samples: 4, repeats: 3}"))
+    assert studies.load_study(str(write(tmp_path, GOOD, "plain.yaml"))).search["repeats"] == 1
+    assert studies.load_study(str(path)).search["repeats"] == 3
+    assert studies.load_study(str(path), quick=True).search["repeats"] == 1
+    assert studies.load_study(str(path), overrides={"search.repeats": 5}).search["repeats"] == 5

@@ -81,10 +81,11 @@ def epoch_metrics(model: nn.Module, splits: data.Splits) -> dict[str, float] | N
 
 def trial_columns(seed: int, splits: data.Splits, context: dict[str, Any] | None
                   ) -> dict[str, Any]:
-    """What every row of a trial carries: its seed, its own split sizes (the analysis's
-    standard errors and bootstrap need them) and where it runs (`context`)."""
+    """What every row of a trial carries: its seed, its own split sizes and the training rows
+    its train accuracy is measured on (the analysis's standard errors and bootstrap need
+    them) and where it runs (`context`)."""
     return {"seed": seed, **{f"{k}_size": n for k, n in splits.sizes().items()},
-            **(context or {})}
+            "train_eval_size": min(len(splits.train), TRAIN_EVAL_ROWS), **(context or {})}
 
 
 def epoch_row(epoch: int, stats: EpochStats, measured: dict[str, float] | None, lr: float,
@@ -99,7 +100,8 @@ def epoch_row(epoch: int, stats: EpochStats, measured: dict[str, float] | None, 
     row = {
         "epoch": epoch, "steps": stats.steps, **(SENTINEL_METRICS if diverged else measured),
         "lr": lr, **timing, "step_loss_std": math.nan if diverged else stats.loss_std,
-        "step_loss_mean": stats.loss, "diverged": diverged, **fixed,
+        "train_loss_running": math.nan if diverged else stats.loss, "diverged": diverged,
+        **fixed,
     }
     if grads is not None and not diverged:
         row["grad_layers"], row["grad_norms"] = grads

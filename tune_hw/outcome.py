@@ -32,8 +32,9 @@ def write_results(run_dir: Path, resolved: dict[str, Any], study: Study) -> int:
 
 
 def expected_trials(study: Study) -> int:
-    """How many trials a finished search has: num_samples times the size of every grid."""
-    return math.prod([study.search["num_samples"],
+    """How many trials a finished search has: num_samples times the size of every grid,
+    times the repeats of each config."""
+    return math.prod([study.search["num_samples"], study.search["repeats"],
                       *(dist.grid_size for dist in study.distributions.values())])
 
 

@@ -8,6 +8,8 @@ run are read as text by `ray_files`), with the study's `ranking.Ranking`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -27,21 +29,27 @@ from tune_hw.ranking import DEFAULT_RANKING, Ranking, finite, is_true
 EPOCH_COLUMNS = [
     "trial_id", "epoch", "steps", "train_loss", "train_acc", "val_loss", "val_acc",
     "test_loss", "test_acc", "lr", "epoch_s", "samples_per_s", "step_loss_std", "diverged",
+    "train_loss_running",  # the mean of the epoch's step losses (train_loss: after the epoch)
 ]
 # measured once per epoch; a diverged epoch has none (NaN), whatever the searcher was shown
 MEASURED_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                    "step_loss_std")
-SPLIT_SIZE_COLUMNS = ("train_size", "val_size", "test_size")  # each trial's own split sizes
+                    "step_loss_std", "train_loss_running")
+# each trial's own split sizes, and the training rows its train accuracy is measured on
+SPLIT_SIZE_COLUMNS = ("train_size", "val_size", "test_size", "train_eval_size")
+REPEAT_COLUMNS = ("config_id", "repeat")  # the repeats (seeds) of one config share config_id
 TRIAL_SUMMARY_COLUMNS = [
     "best_epoch", "best_val_acc", "val_loss_at_best", "train_acc_at_best", "test_acc_at_best",
     "final_epoch", "final_val_acc", "final_test_acc", "wall_s", "node_id", "gpu_ids", "seed",
-    "num_params", *SPLIT_SIZE_COLUMNS, "error",
+    "num_params", *SPLIT_SIZE_COLUMNS, *REPEAT_COLUMNS, "error",
 ]
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
 TRIAL_COLUMNS = ["trial_id", "status", *TRIAL_SUMMARY_COLUMNS]  # plus one config/<key> each
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")
 
 CONFIG_PREFIX = "config/"  # trials.parquet holds each hyperparameter as config/<dotted key>
+# a trial's repeat index in its config: Ray's Repeater sets this key (ray.tune.search.repeater.
+# TRIAL_INDEX), the grid and random searches a grid over it; the trial's seed is train.seed + it
+REPEAT_KEY = "__trial_index__"
 
 
 @dataclass
@@ -129,10 +137,11 @@ def trial_summary(record: TrialRecord, epochs: list[dict], ranking: Ranking = DE
     if wall_s is None:
         wall_s = sum(e["epoch_s"] or 0.0 for e in epochs)
     sized = next((r for r in reversed(record.rows) if finite(r.get("train_size"))), {})
+    config = {k: v for k, v in record.config.items() if k != REPEAT_KEY}
     row = {
         "trial_id": record.trial_id,
         "status": trial_status(record, epochs),
-        **{f"{CONFIG_PREFIX}{k}": _parquet_safe(v) for k, v in sorted(record.config.items())},
+        **{f"{CONFIG_PREFIX}{k}": _parquet_safe(v) for k, v in sorted(config.items())},
         "best_epoch": best.get("epoch"),
         "best_val_acc": best.get("val_acc"),
         "val_loss_at_best": best.get("val_loss"),
@@ -147,9 +156,18 @@ def trial_summary(record: TrialRecord, epochs: list[dict], ranking: Ranking = DE
         "seed": last.get("seed", record.config.get("train.seed")),
         "num_params": last.get("num_params"),
         **{c: sized.get(c) for c in SPLIT_SIZE_COLUMNS},
+        "config_id": config_id(config), "repeat": int(record.config.get(REPEAT_KEY) or 0),
         "error": trial_error(record),
     }
     return row
+
+
+def config_id(config: dict[str, Any]) -> str:
+    """The id the repeats of one config share: a digest of its values, the repeat index left
+    out (the same values sampled twice are one config)."""
+    text = json.dumps({k: v for k, v in config.items() if k != REPEAT_KEY}, sort_keys=True,
+                      default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def grad_rows(record: TrialRecord) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
     python -m tune_hw.search lr_batch                          # full study, local Ray
     python -m tune_hw.search lr_batch --quick --name r1        # CI-sized profile, ~1 minute
     python -m tune_hw.search lr_batch --set train.epochs=5 --num-samples 8
+    python -m tune_hw.search architectures --repeats 3         # every config with 3 seeds
     python -m tune_hw.search my_study.yaml --storage-path /shared/runs
     python -m tune_hw.search lr_batch --address auto           # inside a Ray cluster
     python -m tune_hw.search lr_batch --name r1 --resume       # continue an interrupted run
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("study", help="study name in search_spaces/ (e.g. lr_batch) or a path")
     parser.add_argument("--quick", action="store_true", help="use the study's quick profile")
     parser.add_argument("--num-samples", type=int, help="override search.num_samples")
+    parser.add_argument("--repeats", type=int,
+                        help="override search.repeats: seeds per config (train.seed + r)")
     parser.add_argument("--name", help="run name (default: a timestamp)")
     parser.add_argument("--storage-path", default=DEFAULT_STORAGE,
                         help=f"where runs go (default ./{DEFAULT_STORAGE})")
@@ -80,6 +83,8 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["search.num_samples"] = args.num_samples
     if args.seed is not None:
         overrides["train.seed"] = args.seed
+    if args.repeats is not None:
+        overrides["search.repeats"] = args.repeats
     if args.cpus_per_trial is not None:
         overrides["resources.cpu"] = args.cpus_per_trial
     if args.gpus_per_trial is not None:

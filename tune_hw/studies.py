@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tune_hw import data, models, strict_yaml
+from tune_hw.claims import Claim, parse_claims
 from tune_hw.distributions import LOWER_LIMITS, Distribution
 from tune_hw.errors import StudyError, UserError
 from tune_hw.layout import STUDY_DIR
@@ -20,9 +21,9 @@ from tune_hw.training import OPTIMIZERS, TRAIN_DEFAULTS
 
 SECTIONS = ("dataset", "model", "train")
 TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
-            "quick"}
+            "quick", "claims"}
 SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": Ranking.metric,
-                   "mode": Ranking.mode, "max_concurrent": 0}
+                   "mode": Ranking.mode, "max_concurrent": 0, "repeats": 1}
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1.0, "gpu": 0.0}  # floats: fractions share a GPU (gpu: 0.25)
 FAILURE_DEFAULTS = {"max_failures": 2}
@@ -47,6 +48,8 @@ class Study:
     failure: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     distributions: dict[str, Distribution] = field(default_factory=dict)  # space, parsed
+    claims: tuple[Claim, ...] = ()  # the expected findings the report tests
+    raw_claims: list[Any] | None = None  # as written: study.yaml keeps them for the report
 
     @property
     def ranking(self) -> Ranking:
@@ -69,7 +72,8 @@ class Study:
         return {"name": self.name, "description": self.description, "dataset": self.dataset,
                 "model": self.model, "train": self.train, "space": self.space,
                 "search": self.search, "scheduler": self.scheduler,
-                "resources": self.resources, "failure": self.failure, **self.extra}
+                "resources": self.resources, "failure": self.failure,
+                **({"claims": self.raw_claims} if self.raw_claims else {}), **self.extra}
 
 
 def study_path(name_or_path: str) -> Path:
@@ -105,9 +109,10 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], path: Path) 
     for key, value in overrides.items():
         key = "search.num_samples" if key == "num_samples" else key
         section, _, name = key.partition(".")
-        if section not in TOP_KEYS - {"description", "quick"} or not name:
+        settable = TOP_KEYS - {"description", "quick", "claims"}
+        if section not in settable or not name:
             raise StudyError(f"{path}: cannot set {key!r}: use section.key with a section of "
-                             f"{sorted(TOP_KEYS - {'description', 'quick'})}")
+                             f"{sorted(settable)}")
         if section == "space":
             raw.setdefault("space", {})[name] = value
         else:
@@ -169,7 +174,17 @@ def validate(raw: dict[str, Any], path: Path) -> Study:
             check(getattr(study, section), where)
         for variant, origin in _variants(study, section):
             check(variant, where + _origin_text(origin))
+    study.raw_claims = raw.get("claims")
+    study.claims = _parse_claims(study, where)
     return study
+
+
+def _parse_claims(study: Study, where: str) -> tuple[Claim, ...]:
+    """The study's claims, checked against the values it lets each key take."""
+    try:
+        return parse_claims(study.raw_claims, study.resolved(), where)
+    except UserError as exc:
+        raise StudyError(str(exc)) from None
 
 
 def _section(raw: dict, name: str, where: str) -> dict[str, Any]:
@@ -252,6 +267,9 @@ def _check_search(study: Study, where: str) -> None:
     if search["num_samples"] < 1:
         raise StudyError(f"{where}: search.num_samples must be >= 1, got "
                          f"{search['num_samples']}")
+    if search["repeats"] < 1:
+        raise StudyError(f"{where}: search.repeats must be >= 1 (seeds per config), got "
+                         f"{search['repeats']}")
     if scheduler["grace_period"] < 1 or scheduler["reduction_factor"] <= 1:
         raise StudyError(f"{where}: scheduler needs grace_period >= 1 and reduction_factor > 1")
     if resources["cpu"] <= 0 or resources["gpu"] < 0:

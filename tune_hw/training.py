@@ -22,6 +22,7 @@ from torch import nn
 from tune_hw import data, metrics, models, nets, trees
 from tune_hw.errors import UserError
 from tune_hw.metrics import EpochStats
+from tune_hw.results import REPEAT_KEY
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 10, "optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
@@ -42,7 +43,10 @@ Net = tuple[nn.Module, torch.optim.Optimizer, torch.Generator]
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """Flat dotted config -> (dataset options, model hyperparameters, train settings)."""
+    """Flat dotted config -> (dataset options, model hyperparameters, train settings).
+
+    Repeat r of a config (its REPEAT_KEY) trains with seed train.seed + r: the same data
+    split (the dataset's own seed), another initialisation and batch order."""
     sections: dict[str, dict[str, Any]] = {"dataset": {}, "model": {}, "train": {}}
     for key, value in config.items():
         section, _, name = key.partition(".")
@@ -52,6 +56,7 @@ def split_config(config: dict[str, Any]) -> tuple[dict, dict, dict]:
         if section in sections and isinstance(value, dict):
             sections[section].update(value)
     train = {**TRAIN_DEFAULTS, **sections["train"]}
+    train["seed"] = int(train["seed"]) + int(config.get(REPEAT_KEY) or 0)
     return sections["dataset"], sections["model"], train
 
 

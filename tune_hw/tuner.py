@@ -10,11 +10,12 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from tune_hw import cluster, layout, ray_trial
 from tune_hw.distributions import Distribution
+from tune_hw.results import REPEAT_KEY
 from tune_hw.studies import Study
 
 
@@ -32,25 +33,42 @@ def to_tune(dist: Distribution) -> Any:
 
 
 def param_space(study: Study) -> dict[str, Any]:
-    """The flat dotted Tune param_space: fixed values plus one domain per searched key."""
+    """The flat dotted Tune param_space: fixed values plus one domain per searched key; grid and
+    random searches with repeats add a grid over the repeat index (Optuna's Repeater sets it)."""
     space = study.fixed_config()
     for key, dist in study.distributions.items():
         space[key] = to_tune(dist)
+    if study.search["repeats"] > 1 and study.search["algorithm"] != "optuna":
+        space[REPEAT_KEY] = tune.grid_search(list(range(study.search["repeats"])))
     return space
+
+
+def num_samples(study: Study) -> int:
+    """Tune's num_samples: Optuna's Repeater counts every repeat as a sample; a grid over the
+    repeat index multiplies the others' samples by itself."""
+    repeats = study.search["repeats"] if study.search["algorithm"] == "optuna" else 1
+    return study.search["num_samples"] * repeats
 
 
 def make_search_alg(study: Study) -> Any:
     """Optuna's TPE, or Tune's own random/grid generator, with at most `max_concurrent` live
-    trials (Optuna: by default as many as the running cluster fits at once)."""
-    seed = study.train["seed"]
+    trials (Optuna: by default as many as the running cluster fits at once).
+
+    With repeats, Optuna's suggestions go through Ray's Repeater: each config runs `repeats`
+    times and TPE is told the mean of their results; the random generator keeps its sampled
+    values constant across the grid over the repeat index, so the repeats share one config."""
+    seed, repeats = study.train["seed"], study.search["repeats"]
     limit = study.search["max_concurrent"]
     if study.search["algorithm"] != "optuna":
         # it takes its own limit (0 = none): ConcurrencyLimiter refuses a non-Searcher
-        return BasicVariantGenerator(random_state=seed, max_concurrent=limit)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=limit,
+                                     constant_grid_search=repeats > 1)
     # Without a ConcurrencyLimiter Tune keeps one trial of a custom searcher pending at a time,
     # so a cluster fills one trial after another and short trials all reuse the first actor.
     limit = limit or cluster.concurrent_slots(study.resources)
     searcher = OptunaSearch(seed=seed)
+    if repeats > 1:
+        searcher = Repeater(searcher, repeat=repeats, set_index=True)
     return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit > 0 else searcher
 
 
@@ -91,7 +109,7 @@ def build_tuner(study: Study, storage: Path, run_name: str, trainable: Callable 
         make_trainable(study, storage / study.name / run_name, trainable),
         param_space=param_space(study),
         tune_config=tune.TuneConfig(
-            metric=search["metric"], mode=search["mode"], num_samples=search["num_samples"],
+            metric=search["metric"], mode=search["mode"], num_samples=num_samples(study),
             search_alg=make_search_alg(study), scheduler=make_scheduler(study),
             reuse_actors=True, trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name),

@@ -7,7 +7,8 @@ trials it rests on, a verdict and one plain sentence.
 The interval is a percentile bootstrap (N_BOOTSTRAP resamples, seeded by `seed` and the
 claim's name, so a run's verdicts are reproducible). Each resample
 1. re-evaluates every trial: each accuracy on n examples is redrawn as Binomial(n, acc) / n
-   (n from the trial's split size, `n_val`/`n_test`/`n_train_eval` or study `data_sizes`),
+   (n from the trial's split sizes, `train_eval_size`/`val_size`/`test_size`, or study
+   `data_sizes`),
    and metrics derived from accuracies are derived from the redrawn ones (trial_metrics);
 2. draws each group's trials again with replacement, independently per group: where the run
    has repeats, the repeats within each config (configs fixed, so the interval is about these
@@ -181,6 +182,11 @@ def _metric_claim(claim: Compare | Trend, t: pd.DataFrame, inside: np.ndarray,
     short = [g for g in table if g.n < MIN_GROUP_TRIALS]
     if short:
         return _undecided(claim, n, table, _too_few(short, claim.metric.name))
+    used = np.concatenate(positions)
+    if values.censored is not None and values.censored[used].all():
+        return _undecided(claim, n, table, f"no trial reaches the accuracy of "
+                          f"{claim.metric.describe()}, so every value is the one-past-the-last "
+                          "stand-in: train longer or lower acc")
     draws = values.draw(rng, n_boot)
     configs = TM.config_ids(t)
     boot, by_config = [], False

@@ -35,19 +35,22 @@ class TrialValues:
     point: np.ndarray  # (T,), NaN where not measurable
     draw: Callable[[np.random.Generator, int], np.ndarray]  # (n_boot, T)
     noisy: bool  # whether `draw` redraws evaluation examples
+    # (T,) True where the value is a stand-in, not a measurement (an accuracy never reached
+    # counts one epoch past the last): trials that all stand in say nothing about the claim
+    censored: np.ndarray | None = None
 
 
 def split_sizes(trials: pd.DataFrame, study: dict[str, Any]) -> dict[str, np.ndarray]:
     """Per trial, how many examples each accuracy was measured on (NaN: unknown).
 
-    Columns `n_train_eval`, `n_val`, `n_test` win; otherwise study.yaml `data_sizes`
-    (`train_eval`, else `train`: the train accuracy's rows, `val`, `test`).
+    The trial's own columns (results.SPLIT_SIZE_COLUMNS: `train_eval_size`, the training rows
+    its train accuracy is measured on, `val_size`, `test_size`) win; otherwise study.yaml
+    `data_sizes` (`train_eval`, else `train`, `val`, `test`) of runs before them.
     """
     sizes = study.get("data_sizes") or {}
     fallback = {"train": sizes.get("train_eval", sizes.get("train")), "val": sizes.get("val"),
                 "test": sizes.get("test")}
-    columns = {"train": "n_train_eval" if "n_train_eval" in trials else "n_train",
-               "val": "n_val", "test": "n_test"}
+    columns = {"train": "train_eval_size", "val": "val_size", "test": "test_size"}
     out = {}
     for split, column in columns.items():
         default = math.nan if fallback[split] is None else float(fallback[split])
@@ -211,4 +214,6 @@ def _to_acc(trials: pd.DataFrame, epochs: pd.DataFrame, n_val: np.ndarray, acc: 
 
     point = np.array([crossing(c.val_acc.astype(float).to_numpy()[None, :], c)[0]
                       if c is not None and len(c) else math.nan for c in rows], float)
-    return TrialValues(point, draw, bool(np.isfinite(n_val).any()))
+    never = np.array([c is not None and len(c) and not (c.val_acc.astype(float) >= acc).any()
+                      for c in rows], bool)
+    return TrialValues(point, draw, bool(np.isfinite(n_val).any()), never)

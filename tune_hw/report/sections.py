@@ -1,6 +1,6 @@
-"""The report's sections, in reading order, filled from the summary: overview, leaderboard,
-validation vs test, gaps, hyperparameters, heatmaps, importance, curves, progress and the
-study-specific sections."""
+"""The report's sections, in reading order, filled from the summary: findings, overview,
+leaderboard, per-config statistics, validation vs test, gaps, hyperparameters, heatmaps,
+importance, curves, progress and the study-specific sections."""
 
 from __future__ import annotations
 
@@ -24,12 +24,14 @@ from tune_hw.report.figures import (
     slug,
 )
 from tune_hw.report.summary import prepare
+from tune_hw.report.verdicts import configs_section, findings_section
 from tune_hw.results import Run
 
 
 def write_sections(doc: Doc, s: dict, run: Run, out: Path) -> None:
     """Fill the document, section by section, from the summary; figures land in `out`."""
     trials, specs = prepare(run)
+    findings_section(doc, s)
     overview(doc, s, specs)
     if s["n_scored"] == 0:
         doc.para("No trial has a validation score yet: the sections below appear once one "
@@ -37,6 +39,7 @@ def write_sections(doc: Doc, s: dict, run: Run, out: Path) -> None:
         return
     doc.section("leaderboard", "Leaderboard (by validation, test beside it)")
     doc.table(s["leaderboard"])
+    configs_section(doc, s)
     val_vs_test(doc, s, trials, out)
     gap_section(doc, s, out)
     param_sections(doc, s, trials, specs, out)

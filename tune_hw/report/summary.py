@@ -20,6 +20,7 @@ from tune_hw.analysis.trials import (
     with_schema,
 )
 from tune_hw.ranking import Ranking
+from tune_hw.report import verdicts
 from tune_hw.report.document import MAX_TABLE_ROWS
 from tune_hw.results import EPOCH_COLUMNS, GRAD_COLUMNS, Run
 
@@ -51,6 +52,8 @@ def summarize(run: Run, top: int = 5, n_boot: int = N_BOOTSTRAP, seed: int = 0
     vt["verdict"] = selection.verdict(vt)
     s["val_vs_test"] = vt
     s["leaderboard"] = selection.leaderboard(trials, specs, MAX_TABLE_ROWS, ranking)
+    s.update(verdicts.findings_summary(run, run.trials, epochs, grads, n_boot, seed))
+    s["configs"] = verdicts.configs_summary(run.trials, study, n_boot, seed)
     gaps = effects.gap_table(trials)
     s["gaps"] = {"overfit_gap": effects.OVERFIT_GAP, "underfit_margin": effects.UNDERFIT_MARGIN,
                  "counts": {k: int((gaps.label == k).sum()) for k in effects.GAP_LABELS},
