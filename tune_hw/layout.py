@@ -20,6 +20,8 @@ STORAGE_ENV = "TUNE_HW_STORAGE"  # the storage root of relative references, driv
 # tune_hw's files in a run directory
 TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
     "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
+# the run's Optuna storage (for optuna-dashboard), written by the driver only
+OPTUNA_FILE = "optuna.db"
 # a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's
 LATEST_STATE_FILE, BEST_STATE_FILE = "latest.pt", "best.pt"
 # every row a trial reported, one JSON object per line, written by the trial before it reports:

@@ -8,7 +8,10 @@
     python -m tune_hw.search lr_batch --name r1 --resume       # continue an interrupted run
 
 The run lands in <storage-path>/<study>/<run-name>/: trials.parquet, epochs.parquet,
-grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment files.
+grads.parquet (gradient tracking only), study.yaml, optuna.db (for optuna-dashboard) and
+TensorBoard event files per trial, next to Ray's experiment files.
+
+    python -m tune_hw.search lr_batch --mlflow sqlite:///mlruns.db   # also log to MLflow
 """
 
 from __future__ import annotations
@@ -21,7 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tune_hw import cluster, layout, outcome, preflight, results, run_checks, strict_yaml, tuner
+from tune_hw import (
+    cluster,
+    layout,
+    outcome,
+    preflight,
+    results,
+    run_checks,
+    strict_yaml,
+    tracking,
+    tuner,
+)
 from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.layout import DEFAULT_STORAGE, STORAGE_ENV
 from tune_hw.studies import load_study
@@ -49,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="continue the interrupted run --name (same study and options)")
     parser.add_argument("--dashboard", action="store_true",
                         help="local Ray only: start the Ray dashboard on 127.0.0.1, print its URL")
+    parser.add_argument("--mlflow", metavar="URI",
+                        help="also log each trial to MLflow (sets log.mlflow): sqlite:///PATH, "
+                             "http(s)://HOST:PORT or a directory")
     return parser.parse_args(argv)
 
 
@@ -70,6 +86,8 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["resources.gpu"] = args.gpus_per_trial
     if args.max_failures is not None:
         overrides["failure.max_failures"] = args.max_failures
+    if args.mlflow is not None:
+        overrides["log.mlflow"] = args.mlflow
     return overrides
 
 
@@ -103,6 +121,7 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: Ray has stopped its graceful shutdown
         pass
     code = outcome.write_results(run_dir, resolved, study)
+    tracking.sync_optuna(study, run_dir)  # optuna.db ends as the parquet files, whatever it missed
     if code == 130:
         print(f"search interrupted; results so far are in {run_dir}\n"
               f"continue it with: {resume_command(argv, run_name)}", file=sys.stderr)

@@ -13,7 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_hw import cluster, layout, ray_trial
+from tune_hw import cluster, layout, ray_trial, tracking
 from tune_hw.distributions import Distribution
 from tune_hw.studies import Study
 
@@ -96,6 +96,7 @@ def build_tuner(study: Study, storage: Path, run_name: str,
             trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=run_name, storage_path=str(storage / study.name),
+            callbacks=tracking.callbacks(study, storage / study.name / run_name),
             failure_config=tune.FailureConfig(max_failures=study.failure["max_failures"])),
     )
 
