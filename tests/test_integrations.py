@@ -23,6 +23,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tune_hw import layout, results
 from tune_hw.distributions import Distribution
+from tune_hw.mlflow_store import MlflowStore
 from tune_hw.optuna_store import OptunaStore
 from tune_hw.ranking import Ranking
 
@@ -232,9 +233,28 @@ def test_empty_and_all_missing_tables_keep_their_types(tmp_path):
     (["--mlflow", "ftp://host/x"], "is not an MLflow tracking URI"),
     (["--mlflow", "sqlite:////no/such/dir/m.db"], "/no/such/dir does not exist"),
     (["--set", "log.mlflow=3"], "log.mlflow must be a tracking URI"),
+    (["--mlflow", "http://127.0.0.1:9"], "cannot reach the MLflow tracking server 127.0.0.1:9"),
     (["--set", "log.wandb=x"], "log has unknown key(s) ['wandb']"),
 ])
 def test_bad_tracking_settings_are_one_line_and_exit_2(cli, tmp_path, args, message):
     proc = cli("tune_hw.search", "lr_batch", "--quick", "--storage-path", str(tmp_path), *args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.count("\n") == 1 and not any(tmp_path.iterdir())
+
+
+def test_mlflow_file_store_takes_a_directory(tmp_path, monkeypatch):
+    """A directory is MLflow's file store (MLflow 3 opens it only when asked by name)."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # the store sets it; undone after
+    store = MlflowStore(str(tmp_path / "mlruns"), "integr", "r1")
+    store.open()
+    rows = [{"epoch": 1, "val_acc": 0.5, "diverged": False},
+            {"epoch": 2, "val_acc": math.nan, "diverged": True}]
+    for row in rows:
+        store.report("a", {"train.lr": 0.1}, row)
+    store.finish("a", {"train.lr": 0.1}, {"status": "diverged"})
+    client = MlflowClient(str(tmp_path / "mlruns"))
+    (found,) = client.search_runs([client.get_experiment_by_name("integr").experiment_id])
+    assert found.data.tags["status"] == "diverged" and found.info.status == "FINISHED"
+    assert found.data.params == {"train.lr": "0.1"}
+    assert [(m.step, m.value) for m in client.get_metric_history(found.info.run_id, "val_acc")] == [(1, 0.5)]
+    assert [m.value for m in client.get_metric_history(found.info.run_id, "diverged")] == [0.0, 1.0]

@@ -10,6 +10,7 @@ restore), keeps the status only as FINISHED/FAILED and logs one run per Tune tri
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,25 @@ def check_uri(uri: str, where: str) -> str:
         if not path.parent.is_dir():
             raise UserError(f"{where}: {uri}: the directory {path.parent} does not exist; "
                             "create it or give another sqlite:///PATH")
+    if scheme in ("http", "https"):
+        _check_reachable(urlparse(uri), where)
     try:
         import mlflow  # noqa: F401  (lazy: an optional extra that takes seconds to import)
     except ImportError:
         raise UserError(f"{where}: MLflow is not installed: pip install 'tune_hw[mlflow]' "
                         "(mlflow-skinny), or drop the MLflow URI") from None
     return uri
+
+
+def _check_reachable(url: Any, where: str) -> None:
+    """A tracking server answers on its port (MLflow's client would retry for minutes)."""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"{where}: cannot reach the MLflow tracking server {url.hostname}:"
+                        f"{port} ({exc.strerror or exc}): start it (mlflow server --host "
+                        "127.0.0.1 --port PORT) or check the URI") from None
 
 
 class MlflowStore:
