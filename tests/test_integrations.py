@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tune_hw import layout, results
 from tune_hw.distributions import Distribution
 from tune_hw.mlflow_store import MlflowStore
-from tune_hw.optuna_store import OptunaStore
+from tune_hw.optuna_store import OptunaStore, optuna_params
 from tune_hw.ranking import Ranking
 
 STUDY = """\
@@ -258,3 +258,13 @@ def test_mlflow_file_store_takes_a_directory(tmp_path, monkeypatch):
     assert found.data.params == {"train.lr": "0.1"}
     assert [(m.step, m.value) for m in client.get_metric_history(found.info.run_id, "val_acc")] == [(1, 0.5)]
     assert [m.value for m in client.get_metric_history(found.info.run_id, "diverged")] == [0.0, 1.0]
+
+
+def test_a_searched_section_is_one_categorical_optuna_parameter():
+    """model: {grid: [{name: mlp}, {name: cnn}]} is one Optuna choice between the mappings'
+    texts, matched from a trial's dotted keys (it raised TypeError: unhashable dict)."""
+    dist = Distribution("grid", values=({"name": "mlp"}, {"name": "cnn", "kernel_size": 3}))
+    assert dist.to_optuna().choices == ("{'name': 'mlp'}", "{'name': 'cnn', 'kernel_size': 3}")
+    config = {"model.name": "cnn", "model.kernel_size": 3, "train.lr": 0.1}
+    assert optuna_params({"model": dist}, config) == {"model": "{'name': 'cnn', 'kernel_size': 3}"}
+    optuna.distributions.check_distribution_compatibility(dist.to_optuna(), dist.to_optuna())
