@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 from conftest import REPO, run_cli
@@ -135,6 +136,14 @@ def test_sigkilled_search_resumes_without_losing_or_repeating_trials(tmp_path, r
         assert epochs_seen.count(1) == 1  # nobody restarted from scratch
         new = epochs_seen[len(before.get(trial_id, [])):]
         assert new == sorted(new)  # epochs of resumed trials never go backwards
+    # optuna.db ends as the parquet files: each trial once, its state and every epoch's value
+    study = optuna.load_study(study_name="lr_batch/k1", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert sorted(by_id) == sorted(trials.trial_id) and len(study.trials) == 5
+    for trial in trials.itertuples():
+        healthy = epochs[(epochs.trial_id == trial.trial_id) & ~epochs.diverged]
+        assert by_id[trial.trial_id].state.name == {"completed": "COMPLETE", "diverged": "FAIL"}[trial.status]
+        assert by_id[trial.trial_id].intermediate_values == pytest.approx(dict(zip(healthy.epoch, healthy.val_acc, strict=True)))
 
     env = {"RAY_TMPDIR": ray_tmp}
     changed = run_cli("tune_hw.search", *args, "--set", "train.epochs=7", "--resume", env=env)

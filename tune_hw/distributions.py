@@ -96,7 +96,8 @@ class Distribution:
 
         seen = list(seen)
         if self.categorical:
-            choices = dict.fromkeys([*self.values, *(self.optuna_value(v) for v in seen)])
+            # a whole-section mapping becomes its text: Optuna's choices are plain values
+            choices = dict.fromkeys(self.optuna_value(v) for v in [*self.values, *seen])
             return distributions.CategoricalDistribution(list(choices))
         numbers = [v for v in seen if not (isinstance(v, float) and math.isnan(v))]
         low, high = min([self.low, *numbers]), max([self.high, *numbers])

@@ -21,7 +21,8 @@ STORAGE_ENV = "TUNE_HW_STORAGE"  # the storage root of relative references, driv
 TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
     "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
 DRIVER_LOG = "driver.log"  # everything Ray printed on the driver's terminal (unless --verbose)
-OPTUNA_DB, MLFLOW_DB = "optuna.db", "mlflow.db"  # the run in optuna-dashboard and MLflow
+# the run's Optuna storage (for optuna-dashboard), written by the driver only
+OPTUNA_FILE = "optuna.db"
 # a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's
 LATEST_STATE_FILE, BEST_STATE_FILE = "latest.pt", "best.pt"
 # every row a trial reported, one JSON object per line, written by the trial before it reports:

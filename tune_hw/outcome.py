@@ -62,17 +62,16 @@ def print_best(run: results.Run, study: Study) -> None:
     print(f"run directory: {run.path}")
 
 
-def print_next_steps(run_dir: Path) -> None:
+def print_next_steps(run_dir: Path, mlflow_uri: str | None = None) -> None:
     """The commands that open the run: the report, TensorBoard, and optuna-dashboard and
-    MLflow where they are installed and the run has their files; Ray's log."""
+    MLflow where they are installed and the run was kept there; Ray's log."""
     run = shlex.quote(str(run_dir))
     steps = [("report", f"python -m tune_hw.report {run}"),
              ("TensorBoard", f"tensorboard --logdir {run}")]
-    if importlib.util.find_spec("optuna_dashboard") and (run_dir / layout.OPTUNA_DB).is_file():
-        steps.append(("Optuna", f"optuna-dashboard sqlite:///{run}/{layout.OPTUNA_DB}"))
-    if importlib.util.find_spec("mlflow") and (run_dir / layout.MLFLOW_DB).is_file():
-        steps.append(("MLflow", f"mlflow ui --backend-store-uri sqlite:///{run}/"
-                                f"{layout.MLFLOW_DB}"))
+    if importlib.util.find_spec("optuna_dashboard") and (run_dir / layout.OPTUNA_FILE).is_file():
+        steps.append(("Optuna", f"optuna-dashboard sqlite:///{run}/{layout.OPTUNA_FILE}"))
+    if importlib.util.find_spec("mlflow") and mlflow_uri:
+        steps.append(("MLflow", f"mlflow ui --backend-store-uri {shlex.quote(mlflow_uri)}"))
     if (run_dir / layout.DRIVER_LOG).is_file():
         steps.append(("Ray's output", str(run_dir / layout.DRIVER_LOG)))
     width = max(len(name) for name, _ in steps) + 1

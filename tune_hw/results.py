@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -45,11 +46,31 @@ TRIAL_SUMMARY_COLUMNS = [
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
 TRIAL_COLUMNS = ["trial_id", "status", *TRIAL_SUMMARY_COLUMNS]  # plus one config/<key> each
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")
+FINAL_STATUSES = STATUSES[:4]  # a trial with one of these will not run again
 
 CONFIG_PREFIX = "config/"  # trials.parquet holds each hyperparameter as config/<dotted key>
 # a trial's repeat index in its config: Ray's Repeater sets this key (ray.tune.search.repeater.
 # TRIAL_INDEX), the grid and random searches a grid over it; the trial's seed is train.seed + it
 REPEAT_KEY = "__trial_index__"
+
+# THE column types of the tables (README, Results), applied before every write, so DuckDB,
+# polars and pandas read one type per column, in empty tables and all-missing columns too:
+# "str" text (may be missing), "Int64" a whole number that may be missing, "float64" (NaN is
+# written as null), "bool". A config/<key> column takes the type of its values (`value_dtype`).
+_FLOAT = "float64"
+EPOCH_DTYPES = {"trial_id": "str", "epoch": "int64", "steps": "Int64",
+                **dict.fromkeys(EPOCH_COLUMNS[3:-1], _FLOAT), "diverged": "bool"}
+TRIAL_DTYPES = {
+    "trial_id": "str", "status": "str",
+    "best_epoch": _FLOAT,  # NaN when the trial had no healthy epoch (it diverged in its first)
+    **dict.fromkeys(["best_val_acc", "val_loss_at_best", "train_acc_at_best",
+                     "test_acc_at_best"], _FLOAT),
+    "final_epoch": "int64", "final_val_acc": _FLOAT, "final_test_acc": _FLOAT, "wall_s": _FLOAT,
+    "node_id": "str", "gpu_ids": "str", "seed": "Int64", "num_params": "Int64",
+    **dict.fromkeys(SPLIT_SIZE_COLUMNS, "Int64"), "error": "str",
+}
+GRAD_DTYPES = {"trial_id": "str", "epoch": "int64", "layer": "int64", "name": "str",
+               "grad_norm": _FLOAT}
 
 
 @dataclass
@@ -194,10 +215,30 @@ def build_tables(records: Iterable[TrialRecord], ranking: Ranking = DEFAULT_RANK
         epochs.extend(rows)
         trials.append(trial_summary(record, rows, ranking))
         grads.extend(grad_rows(record))
-    trials_df = pd.DataFrame(trials, columns=_trial_columns(trials))
-    epochs_df = pd.DataFrame(epochs, columns=EPOCH_COLUMNS)
-    grads_df = pd.DataFrame(grads, columns=GRAD_COLUMNS)
-    return trials_df, epochs_df.astype({"epoch": "int64", "diverged": bool}), grads_df
+    trials_df = typed(pd.DataFrame(trials, columns=_trial_columns(trials)), TRIAL_DTYPES)
+    epochs_df = typed(pd.DataFrame(epochs, columns=EPOCH_COLUMNS), EPOCH_DTYPES)
+    grads_df = typed(pd.DataFrame(grads, columns=GRAD_COLUMNS), GRAD_DTYPES)
+    return trials_df, epochs_df, grads_df
+
+
+def typed(frame: pd.DataFrame, dtypes: dict[str, str]) -> pd.DataFrame:
+    """`frame` with the schema's column types; a column the schema does not name (config/<key>,
+    columns added later) takes the type of its values."""
+    return frame.astype({c: dtypes.get(c) or value_dtype(frame[c]) for c in frame.columns})
+
+
+def value_dtype(column: pd.Series) -> str:
+    """One type for a column of values: bool, whole numbers, numbers, else text."""
+    values = [v for v in column if not is_missing(v)]
+    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
+        return "boolean"
+    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+                      for v in values):
+        return "Int64"
+    if values and all(isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
+                      for v in values):
+        return _FLOAT
+    return "str"  # text, mixed values (1 and "auto"), or nothing at all
 
 
 def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[str, Any]

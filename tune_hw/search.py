@@ -9,9 +9,12 @@
     python -m tune_hw.search lr_batch --name r1 --resume       # continue an interrupted run
 
 The run lands in <storage-path>/<study>/<run-name>/: trials.parquet, epochs.parquet,
-grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment files. The
-terminal shows a progress display; everything Ray prints goes to driver.log there
-(--verbose: to the terminal, as Ray prints it).
+grads.parquet (gradient tracking only), study.yaml, optuna.db (for optuna-dashboard) and
+TensorBoard event files per trial, next to Ray's experiment files. The terminal shows a
+progress display; everything Ray prints goes to driver.log there (--verbose: to the
+terminal, as Ray prints it).
+
+    python -m tune_hw.search lr_batch --mlflow sqlite:///mlruns.db   # also log to MLflow
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tune_hw import (
     run_checks,
     strict_yaml,
     terminal,
+    tracking,
     tuner,
 )
 from tune_hw.errors import ArgumentParser, UserError
@@ -68,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--verbose", action="store_true",
                         help="show Ray's full output instead of the progress display "
                              "(otherwise it goes to <run>/driver.log)")
+    parser.add_argument("--mlflow", metavar="URI",
+                        help="also log each trial to MLflow (sets log.mlflow): sqlite:///PATH, "
+                             "http(s)://HOST:PORT or a directory")
     return parser.parse_args(argv)
 
 
@@ -91,6 +98,8 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["resources.gpu"] = args.gpus_per_trial
     if args.max_failures is not None:
         overrides["failure.max_failures"] = args.max_failures
+    if args.mlflow is not None:
+        overrides["log.mlflow"] = args.mlflow
     return overrides
 
 
@@ -126,8 +135,9 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
             if started:  # inside the redirect: Ray's last lines go to driver.log too
                 cluster.stop_ray()
     code = outcome.write_results(run_dir, resolved, study)
+    tracking.sync_optuna(study, run_dir)  # optuna.db ends as the parquet files, whatever it missed
     if code == 0:
-        outcome.print_next_steps(run_dir)
+        outcome.print_next_steps(run_dir, study.log.get("mlflow"))
     elif not args.verbose:
         print(f"Ray's full output: {run_dir / layout.DRIVER_LOG}", file=sys.stderr)
     if code == 130:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune_hw import data, models, strict_yaml
+from tune_hw import data, mlflow_store, models, strict_yaml
 from tune_hw.claims import Claim, parse_claims
 from tune_hw.distributions import LOWER_LIMITS, Distribution
 from tune_hw.errors import StudyError, UserError
@@ -21,12 +21,13 @@ from tune_hw.training import OPTIMIZERS, TRAIN_DEFAULTS
 
 SECTIONS = ("dataset", "model", "train")
 TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
-            "quick", "claims"}
+            "quick", "claims", "log"}
 SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": Ranking.metric,
                    "mode": Ranking.mode, "max_concurrent": 0, "repeats": 1}
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1.0, "gpu": 0.0}  # floats: fractions share a GPU (gpu: 0.25)
 FAILURE_DEFAULTS = {"max_failures": 2}
+LOG_DEFAULTS = {"mlflow": None}  # tracking: an MLflow URI (mlflow_store.check_uri)
 ALGORITHMS, SCHEDULERS, MODES = ("optuna", "random", "grid"), ("asha", "fifo"), ("max", "min")
 METRICS = tuple(VALIDATION_METRICS)  # never test_*: the test split feeds no choice
 
@@ -50,6 +51,11 @@ class Study:
     distributions: dict[str, Distribution] = field(default_factory=dict)  # space, parsed
     claims: tuple[Claim, ...] = ()  # the expected findings the report tests
     raw_claims: list[Any] | None = None  # as written: study.yaml keeps them for the report
+
+    @property
+    def log(self) -> dict[str, Any]:
+        """Where the run is also tracked: {"mlflow": URI}, or {} (optuna.db is always kept)."""
+        return self.extra.get("log", {})
 
     @property
     def ranking(self) -> Ranking:
@@ -166,6 +172,7 @@ def validate(raw: dict[str, Any], path: Path) -> Study:
     study = Study(path.stem, path, description, dataset, model, train, space, search,
                   scheduler, resources, failure)
     study.distributions = _parse_space(study, where)
+    _check_log(study, raw.get("log"), where)
     _check_search(study, where)
     # the same check for the fixed values and for every value the space can put in their place
     for section, check in (("train", _check_train), ("model", _check_model),
@@ -185,6 +192,16 @@ def _parse_claims(study: Study, where: str) -> tuple[Claim, ...]:
         return parse_claims(study.raw_claims, study.resolved(), where)
     except UserError as exc:
         raise StudyError(str(exc)) from None
+def _check_log(study: Study, given: Any, where: str) -> None:
+    """`log: {mlflow: URI}`: a tracking URI MLflow can open; kept in the resolved study."""
+    log = _merge(LOG_DEFAULTS, given, "log", where)
+    uri = log["mlflow"]
+    if uri is None:
+        return
+    if not isinstance(uri, str) or not uri.strip():
+        raise StudyError(f"{where}: log.mlflow must be a tracking URI (text), e.g. "
+                         f"sqlite:///mlruns.db; got {uri!r}")
+    study.extra["log"] = {"mlflow": mlflow_store.check_uri(uri.strip(), f"{where}: log.mlflow")}
 
 
 def _section(raw: dict, name: str, where: str) -> dict[str, Any]:

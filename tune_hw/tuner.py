@@ -13,7 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_hw import cluster, layout, ray_trial
+from tune_hw import cluster, layout, ray_trial, tracking
 from tune_hw.distributions import Distribution
 from tune_hw.results import REPEAT_KEY
 from tune_hw.studies import Study
@@ -99,7 +99,8 @@ def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = Non
 def build_tuner(study: Study, storage: Path, run_name: str, trainable: Callable | None = None,
                 callbacks: Sequence[Any] = (), verbose: int | None = None) -> Any:
     """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults);
-    `callbacks` and `verbose` (None: Ray's default) set what the driver prints.
+    `callbacks` and `verbose` (None: Ray's default) set what the driver prints; the run's
+    tracking callbacks (optuna.db, MLflow) always come first.
 
     Tune keeps no checkpoints (each trial keeps its own states: ray_trial.TrialStates), so it
     never forces experiment snapshots; it takes them on its own schedule (about 5 % of time).
@@ -115,7 +116,8 @@ def build_tuner(study: Study, storage: Path, run_name: str, trainable: Callable 
             trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=run_name, storage_path=str(storage / study.name),
-            callbacks=list(callbacks), verbose=verbose,
+            callbacks=[*tracking.callbacks(study, storage / study.name / run_name),
+                       *callbacks], verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=study.failure["max_failures"])),
     )
 
@@ -126,13 +128,15 @@ def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None
     unfinished ones continue from their latest state, errored ones stay errored.
 
     The restored Tuner would bring back the callbacks and verbosity pickled in tuner.pkl
-    (the first run's display settings); this run's replace them. Tuner.restore takes no
-    RunConfig, so this sets them on its private `_local_tuner` (tests pin it)."""
+    (the first run's display and tracking callbacks); this run's replace them.
+    Tuner.restore takes no RunConfig, so this sets them on its private `_local_tuner`
+    (tests pin it)."""
     tuner = tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
                                resume_unfinished=True, resume_errored=False,
                                restart_errored=False, param_space=param_space(study))
     run_config = tuner._local_tuner.get_run_config()
-    run_config.callbacks, run_config.verbose = list(callbacks), verbose
+    run_config.callbacks = [*tracking.callbacks(study, run_dir), *callbacks]
+    run_config.verbose = verbose
     return tuner
 
 
