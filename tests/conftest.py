@@ -32,3 +32,58 @@ def tiny_countries() -> dict:
             "dataset.n_test": 256, "model.name": "mlp", "model.width": 32, "model.depth": 2,
             "train.epochs": 3, "train.lr": 0.05, "train.momentum": 0.9, "train.batch_size": 32,
             "train.seed": 0}
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}  # a missing credential never waits on IMDS
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's standalone server) on a free 127.0.0.1 port, for
+    the session; its URL. State lives in its memory and ends with it."""
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if server is None:
+        pytest.skip("moto_server is not installed: pip install -e '.[test]'")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=0.5)
+                break
+            except OSError:
+                assert proc.poll() is None, "moto_server exited at start"
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request) -> str:
+    """A fresh bucket on the session's S3 server, reached through the environment (credentials
+    and AWS_ENDPOINT_URL, as a user sets them); its s3:// URI."""
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_server}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True,
+                      access_key="testing", secret_key="testing",
+                      region="us-east-1").create_dir(bucket)
+    return f"s3://{bucket}"

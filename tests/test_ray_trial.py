@@ -21,11 +21,11 @@ def test_trial_states_keep_the_best_epoch_by_the_studys_ranking(tmp_path, rankin
             metrics_row(5, 0.99, 0.01, diverged=True)]  # never the best, whatever it says
     for row in rows:
         states.keep_if_best(row, {"epoch": row["epoch"], "w": torch.tensor(float(row["epoch"]))})
-        states.keep_latest({"epoch": row["epoch"]})
+        states.keep_latest(row, {"epoch": row["epoch"]})
     saved = torch.load(tmp_path / layout.BEST_STATE_FILE, weights_only=True)
     assert saved["epoch"] == best and saved["w"].item() == best
     again = ray_trial.TrialStates(tmp_path, ranking)
-    assert again.latest() == {"epoch": 5} and again.best["epoch"] == best  # survives a restart
+    assert again.latest() == {"epoch": 5, "row": rows[-1]} and again.best["epoch"] == best  # survives a restart
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
@@ -33,7 +33,7 @@ def test_a_resumed_trial_continues_from_its_latest_state_on_the_cpu(tmp_path, ti
     states = ray_trial.TrialStates(tmp_path, Ranking())
     full, _ = collect(tiny_countries)
     training.run_trial({**tiny_countries, "train.epochs": 1},
-                        lambda m, s: (states.keep_if_best(m, s), states.keep_latest(s)))
+                        lambda m, s: (states.keep_if_best(m, s), states.keep_latest(m, s)))
     state = ray_trial.TrialStates(tmp_path, Ranking()).latest()
     assert state["generator"].device.type == "cpu" and state["epoch"] == 1
     resumed, _ = collect(tiny_countries, state)

@@ -6,6 +6,8 @@
     python -m tune_hw.search my_study.yaml --storage-path /shared/runs
     python -m tune_hw.search lr_batch --address auto           # inside a Ray cluster
     python -m tune_hw.search lr_batch --name r1 --resume       # continue an interrupted run
+    python -m tune_hw.search lr_batch --name r1 --resume --num-samples 80   # grow a run
+    python -m tune_hw.search lr_batch --storage-path s3://bucket/runs      # object storage
 
 The run lands in <storage-path>/<study>/<run-name>/: trials.parquet, epochs.parquet,
 grads.parquet (gradient tracking only), study.yaml, next to Ray's experiment files.
@@ -18,12 +20,12 @@ import os
 import shlex
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from tune_hw import cluster, layout, outcome, preflight, results, run_checks, strict_yaml, tuner
 from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.layout import DEFAULT_STORAGE, STORAGE_ENV
+from tune_hw.storage import ObjectPath, location
 from tune_hw.studies import load_study
 
 
@@ -46,7 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int,
                         help="override failure.max_failures: retries of a crashed trial")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run --name (same study and options)")
+                        help="continue the run --name (same study and options; a larger "
+                        "--num-samples grows it)")
     parser.add_argument("--dashboard", action="store_true",
                         help="local Ray only: start the Ray dashboard on 127.0.0.1, print its URL")
     return parser.parse_args(argv)
@@ -77,10 +80,8 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     """Validate, start or resume the search, write results; the exit code."""
     run_name = time.strftime("%Y%m%d-%H%M%S") if args.name is None else \
         layout.check_name(args.name, "--name")
-    if "://" in args.storage_path:
-        raise UserError(f"--storage-path {args.storage_path}: object storage is not supported "
-                        "for results yet; use a directory (on a cluster, one every node mounts)")
-    storage = Path(args.storage_path).expanduser().resolve()
+    storage = location(args.storage_path)  # a directory, or object storage (s3://...)
+    storage = storage if isinstance(storage, ObjectPath) else storage.resolve()
     # relative run:STUDY/RUN weights resolve under this run's storage, in driver and workers
     os.environ.setdefault(STORAGE_ENV, str(storage))
     study = load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
@@ -88,14 +89,14 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     sizes = preflight.preflight(study)
     run_dir = storage / study.name / run_name
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
+    run_checks.check_writable(storage, run_dir.parent)  # first: an unreachable bucket
     run_checks.check_run_dir(run_dir, args.resume, resolved, storage)
-    run_checks.check_writable(storage, run_dir.parent)
     cluster.init_ray(args.address, args.dashboard, cluster.worker_runtime_env())
     cluster.check_shared_storage(storage)
     if not args.address:
         cluster.check_trial_fits(study)
-    if not args.resume:
-        results.write_study(run_dir, resolved)  # a running run is readable from the start
+    # a running run is readable from the start; a grown one records its new total
+    results.write_study(run_dir, resolved)
     search = tuner.restore_tuner(study, run_dir) if args.resume else \
         tuner.build_tuner(study, storage, run_name)
     try:

@@ -10,11 +10,12 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_hw import cluster, layout, ray_trial
+from tune_hw import cluster, layout, ray_trial, resumable
 from tune_hw.distributions import Distribution
+from tune_hw.storage import ObjectPath
 from tune_hw.studies import Study
 
 
@@ -41,17 +42,19 @@ def param_space(study: Study) -> dict[str, Any]:
 
 def make_search_alg(study: Study) -> Any:
     """Optuna's TPE, or Tune's own random/grid generator, with at most `max_concurrent` live
-    trials (Optuna: by default as many as the running cluster fits at once)."""
+    trials (Optuna: by default as many as the running cluster fits at once); both can follow
+    a moved run and grow on restore (resumable)."""
     seed = study.train["seed"]
     limit = study.search["max_concurrent"]
     if study.search["algorithm"] != "optuna":
         # it takes its own limit (0 = none): ConcurrencyLimiter refuses a non-Searcher
-        return BasicVariantGenerator(random_state=seed, max_concurrent=limit)
+        return resumable.GrowingVariants(random_state=seed, max_concurrent=limit)
     # Without a ConcurrencyLimiter Tune keeps one trial of a custom searcher pending at a time,
     # so a cluster fills one trial after another and short trials all reuse the first actor.
     limit = limit or cluster.concurrent_slots(study.resources)
     searcher = OptunaSearch(seed=seed)
-    return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit > 0 else searcher
+    return resumable.GrowingSearch(
+        ConcurrencyLimiter(searcher, max_concurrent=limit) if limit > 0 else searcher)
 
 
 def max_epochs(study: Study) -> int:
@@ -68,7 +71,8 @@ def make_scheduler(study: Study) -> Any:
                          reduction_factor=study.scheduler["reduction_factor"])
 
 
-def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
+def make_trainable(study: Study, run_dir: Path | ObjectPath, trainable: Callable | None = None
+                   ) -> Any:
     """The Tune trainable with the study's per-trial resources; tune_trainable also gets the
     run directory (where each trial keeps its states) and the study's ranking."""
     if trainable is None:
@@ -78,7 +82,7 @@ def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = Non
                                {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
 
 
-def build_tuner(study: Study, storage: Path, run_name: str,
+def build_tuner(study: Study, storage: Path | ObjectPath, run_name: str,
                 trainable: Callable | None = None) -> Any:
     """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults).
 
@@ -100,9 +104,12 @@ def build_tuner(study: Study, storage: Path, run_name: str,
     )
 
 
-def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
+def restore_tuner(study: Study, run_dir: Path | ObjectPath, trainable: Callable | None = None
+                  ) -> Any:
     """Ray's Tuner.restore with the searcher's state: finished trials stay finished,
-    unfinished ones continue from their latest state, errored ones stay errored."""
+    unfinished ones continue from their latest state, errored ones stay errored; new trials
+    go to the run's current place (it may have moved), up to the study's num_samples."""
+    resumable.follow(str(run_dir.parent), run_dir.name, study.search["num_samples"])
     return tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
                               resume_unfinished=True, resume_errored=False,
                               restart_errored=False, param_space=param_space(study))
