@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tune_hw import pretrained, results, search, storage
+from tune_hw import pretrained, report, results, search, storage
 from tune_hw.ranking import Ranking
 from tune_hw.ray_trial import TrialStates
 from tune_hw.storage import ObjectPath, location
@@ -109,5 +109,10 @@ def test_an_unusable_bucket_is_one_line_before_ray_starts(s3_bucket, monkeypatch
         assert len(lines) == 1 and lines[0].startswith("error: --storage-path "), lines
         assert message in lines[0]
         assert not ray.is_initialized()  # refused before Ray starts
+    assert report.main([f"{s3_bucket}/runs/lr_batch/r1"]) == 2  # the report reads alike
+    assert capsys.readouterr().err.startswith(f"error: run {s3_bucket}/runs/lr_batch/r1: "
+                                              f"cannot reach {dead}")
     monkeypatch.setenv("AWS_ENDPOINT_URL", live)
     assert list(location(s3_bucket).iterdir()) == []  # nothing written, no probe left
+    assert report.main([f"{s3_bucket}/runs/lr_batch/r1"]) == 2
+    assert "does not exist" in capsys.readouterr().err

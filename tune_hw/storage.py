@@ -198,23 +198,32 @@ def _atomic_put(path: ObjectPath, write: Callable[[str], Any]) -> None:
         raise
 
 
+def check_reachable(storage: ObjectPath, what: str = "--storage-path") -> None:
+    """The bucket of `storage` exists and answers; else one `UserError` naming the bucket,
+    the endpoint or the credentials (reads only: the report needs no write access)."""
+    bucket = storage.key.partition("/")[0]
+    if not bucket:
+        raise UserError(f"{what} {storage}: no bucket named; write "
+                        f"{storage.scheme}://BUCKET/PREFIX")
+    try:
+        missing = storage.fs.get_file_info(bucket).type == pafs.FileType.NotFound
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"{what} {storage}: {_why(exc, storage)}") from None
+    if missing:
+        raise UserError(f"{what} {storage}: bucket {bucket!r} does not exist at "
+                        f"{endpoint(storage)}; create it or fix the name")
+
+
 def probe(storage: ObjectPath) -> None:
     """Object storage takes runs: the bucket exists and a probe object can be written and
     deleted; else one `UserError` naming the bucket, the endpoint or the credentials."""
-    bucket = storage.key.partition("/")[0]
-    if not bucket:
-        raise UserError(f"--storage-path {storage}: no bucket named; write "
-                        f"{storage.scheme}://BUCKET/PREFIX")
+    check_reachable(storage)
     try:
-        fs = storage.fs
-        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
-            raise UserError(f"--storage-path {storage}: bucket {bucket!r} does not exist at "
-                            f"{endpoint(storage)}; create it or fix the name")
         probe_key = (storage / f".tune_hw_probe-{uuid.uuid4().hex[:8]}").key
-        with fs.open_output_stream(probe_key) as out:
+        with storage.fs.open_output_stream(probe_key) as out:
             out.write(b"probe")
-        fs.delete_file(probe_key)
-    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        storage.fs.delete_file(probe_key)
+    except (OSError, ValueError) as exc:
         raise UserError(f"--storage-path {storage}: {_why(exc, storage)}") from None
 
 
