@@ -34,7 +34,8 @@ def tiny_countries() -> dict:
             "train.seed": 0}
 
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+S3_SECRET = "tune-hw-test-secret"  # moto takes any keys; this one is looked for in the run
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
           "AWS_EC2_METADATA_DISABLED": "true"}  # a missing credential never waits on IMDS
 
@@ -84,6 +85,6 @@ def s3_bucket(s3_server, monkeypatch, request) -> str:
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     pafs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True,
-                      access_key="testing", secret_key="testing",
+                      access_key="testing", secret_key=S3_SECRET,
                       region="us-east-1").create_dir(bucket)
     return f"s3://{bucket}"

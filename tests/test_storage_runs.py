@@ -13,7 +13,7 @@ import tempfile
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import S3_SECRET, run_cli
 from test_reliability import SLOW_TRIALS, kill_pids, ray_pids_under, start_search, wait_for
 
 from tune_hw import layout, ray_files, report, results
@@ -71,6 +71,8 @@ def test_a_search_on_a_bucket_resumes_after_sigkill_and_reports(s3_bucket, ray_t
         assert {"latest.pt", "best.pt", "rows.jsonl", "result.json"} <= names
     assert {"trials.parquet", "epochs.parquet", "study.yaml", "tuner.pkl"} <= \
         {p.name for p in run_dir.iterdir()}
+    for path in [*run_dir.glob("*.pkl"), *run_dir.glob("*.json")]:  # Ray's saved state
+        assert S3_SECRET.encode() not in path.read_bytes(), path  # no pickled credentials
 
     out = report.build_report(str(run_dir), tmp_path / "report", n_boot=200)
     summary = json.loads((out / "summary.json").read_text())
@@ -121,3 +123,18 @@ def test_a_moved_run_reports_and_grows_from_4_to_8_trials(tmp_path, ray_tmp):
     again = run_cli("tune_hw.search", *FAST_OPTUNA, "--storage-path", str(moved), "--name", "g",
                     "--resume", env=env)  # 4 < the run's 8: a run never shrinks
     assert again.returncode == 2 and "--num-samples 8 or more" in again.stderr
+
+
+def test_a_resume_may_raise_num_samples_only():
+    from tune_hw import run_checks
+    from tune_hw.errors import UserError
+
+    stored = {"search": {"num_samples": 8, "metric": "val_acc"}, "train": {"epochs": 2}}
+    run_checks.check_growth(location("/r/g"), stored, {**stored, "search": {
+        "num_samples": 12, "metric": "val_acc"}})  # grows
+    with pytest.raises(UserError, match="search.num_samples 8: --resume it with --num-samples 8"):
+        run_checks.check_growth(location("/r/g"), stored, {**stored, "search": {
+            "num_samples": 4, "metric": "val_acc"}})
+    # only num_samples is set aside: any other change still differs
+    assert run_checks._without_growth(stored) == {"search": {"metric": "val_acc"},
+                                                  "train": {"epochs": 2}}
