@@ -40,10 +40,9 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": S3_SECRET,
           "AWS_EC2_METADATA_DISABLED": "true"}  # a missing credential never waits on IMDS
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """A real S3-compatible server (moto's standalone server) on a free 127.0.0.1 port, for
-    the session; its URL. State lives in its memory and ends with it."""
+def start_moto(**env: str) -> tuple[subprocess.Popen, str]:
+    """moto's standalone S3 server on a free 127.0.0.1 port, started and ready; (process, URL).
+    State lives in its memory and ends with it."""
     import shutil
     import socket
     import time
@@ -56,20 +55,34 @@ def s3_server():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=0.5)
+            return proc, url
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("moto_server exited at start") from None
+            time.sleep(0.05)
+    stop_moto(proc)
+    raise RuntimeError("moto_server did not answer")
+
+
+def stop_moto(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's) on 127.0.0.1 for the session; its URL."""
+    proc, url = start_moto()
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=0.5)
-                break
-            except OSError:
-                assert proc.poll() is None, "moto_server exited at start"
-                time.sleep(0.05)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_moto(proc)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tune_hw import pretrained, report, results, search, storage
+from tune_hw.errors import UserError
 from tune_hw.ranking import Ranking
 from tune_hw.ray_trial import TrialStates
 from tune_hw.storage import ObjectPath, location
@@ -116,3 +117,39 @@ def test_an_unusable_bucket_is_one_line_before_ray_starts(s3_bucket, monkeypatch
     assert list(location(s3_bucket).iterdir()) == []  # nothing written, no probe left
     assert report.main([f"{s3_bucket}/runs/lr_batch/r1"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_refused_or_missing_credentials_are_one_line(monkeypatch):
+    import boto3
+    import pyarrow.fs as pafs
+    from conftest import S3_ENV, start_moto, stop_moto
+
+    # moto checks credentials once its first requests (the IAM set-up below) are spent
+    proc, url = start_moto(INITIAL_NO_AUTH_ACTION_COUNT="3")
+    try:
+        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id="x", aws_secret_access_key="x")
+        iam.create_user(UserName="u")
+        key = iam.create_access_key(UserName="u")["AccessKey"]
+        iam.put_user_policy(UserName="u", PolicyName="s3", PolicyDocument=(
+            '{"Version": "2012-10-17", "Statement": '
+            '[{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'))
+        pafs.S3FileSystem(endpoint_override=url, allow_bucket_creation=True,
+                          access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"],
+                          region="us-east-1").create_dir("bkt")
+        for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": url,
+                            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}.items():
+            monkeypatch.setenv(name, value)
+        storage.probe(location("s3://bkt/runs"))  # the user's own keys: fine
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        with pytest.raises(UserError, match=r"^--storage-path s3://bkt/runs: access denied: "
+                                            "check the credentials"):
+            storage.probe(location("s3://bkt/runs"))
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        with pytest.raises(UserError, match="access denied: check the credentials"):
+            storage.probe(location("s3://bkt/runs"))
+    finally:
+        stop_moto(proc)

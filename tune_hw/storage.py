@@ -29,6 +29,9 @@ import pyarrow.fs as pafs
 from tune_hw.errors import UserError
 
 ENDPOINT_ENVS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # pyarrow's order: the first wins
+# what else of the environment decides a filesystem: a change makes a new one
+CREDENTIAL_ENVS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                   "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 def is_uri(text: str | os.PathLike) -> bool:
@@ -95,8 +98,9 @@ class ObjectPath:
     @property
     def fs(self) -> pafs.FileSystem:
         bucket = self.key.partition("/")[0]
-        return _filesystem(self.scheme, bucket, self.query,
-                           tuple(os.environ.get(e, "") for e in ENDPOINT_ENVS))
+        environment = hash(tuple(os.environ.get(e, "") for e in (*ENDPOINT_ENVS,
+                                                                  *CREDENTIAL_ENVS)))
+        return _filesystem(self.scheme, bucket, self.query, environment)
 
     def resolve(self) -> ObjectPath:
         return self
@@ -149,10 +153,10 @@ class ObjectPath:
 
 
 @functools.lru_cache(maxsize=32)
-def _filesystem(scheme: str, bucket: str, query: str, endpoints: tuple[str, ...]
-                ) -> pafs.FileSystem:
-    """One filesystem per bucket, endpoint and URI options (pyarrow resolves the S3 region)."""
-    del endpoints  # part of the cache key only: from_uri reads them from the environment
+def _filesystem(scheme: str, bucket: str, query: str, environment: int) -> pafs.FileSystem:
+    """One filesystem per bucket, URI options and environment (pyarrow resolves the S3
+    region once per filesystem)."""
+    del environment  # part of the cache key only: from_uri reads the environment itself
     return pafs.FileSystem.from_uri(f"{scheme}://{bucket}" + (f"?{query}" if query else ""))[0]
 
 
