@@ -51,8 +51,9 @@ CASES = {
                             "cannot reach a Ray cluster at '127.0.0.1:1'"),
     "trial_larger_than_machine": ("", "", ["--gpus-per-trial", "1"],
                                   "a trial asks for cpu 1 and gpu 1 but this machine has"),
-    "object_storage": ("", "", ["--storage-path", "s3://bucket/runs"],
-                       "object storage is not supported for results yet"),
+    "unreachable_bucket": ("", "", ["--storage-path",
+                                    "s3://bucket/runs?endpoint_override=127.0.0.1:1&scheme=http"],
+                           "cannot reach 127.0.0.1:1"),
     "misspelled_searched_key": ("  train.lr: {loguniform: [1.0e-4, 1.0]}",
                                 "  train.lrr: {loguniform: [1.0e-4, 1.0]}", [],
                                 "(from space.train.lrr = 0.0001): train has unknown key(s) "
@@ -69,7 +70,7 @@ CASES = {
                           "description: !!python/object/apply:os.system ['touch {marker}']",
                           [], "invalid YAML"),
 }
-NOT_ABOUT_THE_FILE = {"unreachable_address", "trial_larger_than_machine", "object_storage"}
+NOT_ABOUT_THE_FILE = {"unreachable_address", "trial_larger_than_machine", "unreachable_bucket"}
 
 
 def run_case(tmp_path: Path, name: str):

@@ -261,6 +261,7 @@ def test_searchers_take_the_studys_concurrency_limit(algorithm, max_concurrent, 
     study = studies.load_study("lr_batch", quick=True, overrides=overrides)
     searcher = tuner.make_search_alg(study)
     if algorithm == "optuna":
+        searcher = searcher.searcher  # inside tune_hw's restorable SearchGenerator
         # Without Ray running there is no cluster to size the limit from: no limiter.
         limited = isinstance(searcher, ConcurrencyLimiter)
         assert (searcher.max_concurrent if limited else None) == expected
@@ -366,7 +367,15 @@ def test_worker_runtime_env_carries_the_storage_root(monkeypatch):
 
     monkeypatch.setenv("TUNE_HW_STORAGE", "/shared/runs")
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    for name in cluster.FORWARDED_ENV:
+        monkeypatch.delenv(name, raising=False)
     assert cluster.worker_runtime_env() == {"env_vars": {"TUNE_HW_STORAGE": "/shared/runs"}}
+    # an object store's endpoint and region travel to the workers, its secret never does
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cret")
+    assert cluster.worker_runtime_env() == {"env_vars": {
+        "TUNE_HW_STORAGE": "/shared/runs", "AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}}
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
     # inside `ray job submit --runtime-env-json` that sets it, the job's own value stands
     job = {"runtime_env": {"env_vars": {"TUNE_HW_STORAGE": "/shared/runs"}}}
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))

@@ -82,7 +82,7 @@ def test_restore_replaces_the_callbacks_and_verbosity_pickled_in_tuner_pkl(tmp_p
     # _local_tuner; this pins that Ray still restores them from tuner.pkl and that it works
     from ray import tune
 
-    from tune_hw import progress, studies, tuner
+    from tune_hw import progress, studies, tracking, tuner
 
     study = studies.load_study("lr_batch", quick=True)
     first = progress.Progress(study, total=4, max_epochs=2)
@@ -90,14 +90,16 @@ def test_restore_replaces_the_callbacks_and_verbosity_pickled_in_tuner_pkl(tmp_p
     run_dir = tmp_path / "lr_batch" / "r1"
     pickled = tune.Tuner.restore(str(run_dir), tuner.make_trainable(study, run_dir))
     config = pickled._local_tuner.get_run_config()
-    assert [type(c) for c in config.callbacks] == [progress.Progress] and config.verbose == 0
+    tracked = [tracking.StoreCallback, tracking.EpochTensorBoard]  # always first
+    assert [type(c) for c in config.callbacks] == [*tracked, progress.Progress]
+    assert config.verbose == 0
     restored = tuner.restore_tuner(study, run_dir, callbacks=[], verbose=None)  # --verbose
     config = restored._local_tuner.get_run_config()
-    assert config.callbacks == [] and config.verbose is None
+    assert [type(c) for c in config.callbacks] == tracked and config.verbose is None
     again = progress.Progress(study, total=4, max_epochs=2)
     config = tuner.restore_tuner(study, run_dir, callbacks=[again], verbose=0) \
         ._local_tuner.get_run_config()
-    assert config.callbacks == [again] and config.verbose == 0
+    assert config.callbacks[len(tracked):] == [again] and config.verbose == 0
 
 
 def run_in_pty(args: list[str], env: dict, timeout: float = 600) -> tuple[int, str]:

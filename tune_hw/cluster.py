@@ -22,7 +22,10 @@ from ray._private import ray_constants
 from tune_hw import terminal
 from tune_hw.errors import UserError
 from tune_hw.layout import STORAGE_ENV
+from tune_hw.storage import ENDPOINT_ENVS, ObjectPath
 from tune_hw.studies import Study
+
+FORWARDED_ENV = (*ENDPOINT_ENVS, "AWS_REGION", "AWS_DEFAULT_REGION")  # no secrets among them
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode
 
@@ -107,8 +110,10 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
                         "start one with `ray start --head` or check the address") from None
 
 
-def check_shared_storage(storage: Path) -> None:
+def check_shared_storage(storage: Path | ObjectPath) -> None:
     """On more than one node a local storage path would scatter trial files across machines."""
+    if isinstance(storage, ObjectPath):  # object storage is shared by every node
+        return
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and not is_network_fs(storage):
         raise UserError(f"--storage-path {storage} is a local directory but the cluster has "
@@ -143,12 +148,14 @@ def is_network_fs(path: Path, mounts: Path = Path("/proc/mounts")) -> bool:
 def worker_runtime_env() -> dict[str, Any]:
     """What trial workers need of the driver's environment: the storage root that relative
     `run:` weights resolve under (workers on other nodes do not inherit the driver's
-    variables; a `ray job submit` that sets it in its own runtime_env keeps it)."""
+    variables; a `ray job submit` that sets it in its own runtime_env keeps it), and the
+    object store's endpoint and region. Never credentials: a runtime_env is visible in the
+    job's config; workers take theirs from their own environment or instance role."""
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     job_vars = (job.get("runtime_env") or {}).get("env_vars") or {}
-    if STORAGE_ENV in job_vars:  # Ray refuses to merge one variable set twice
-        return {}
-    return {"env_vars": {STORAGE_ENV: os.environ[STORAGE_ENV]}}
+    names = (STORAGE_ENV, *(n for n in FORWARDED_ENV if os.environ.get(n)))
+    env_vars = {n: os.environ[n] for n in names if n not in job_vars}  # Ray refuses a repeat
+    return {"env_vars": env_vars} if env_vars else {}
 
 
 def concurrent_slots(resources: dict[str, float]) -> int:

@@ -5,9 +5,11 @@ saved state of an earlier tune_hw run.
     weights: /path/to/state_dict.pt         # torch.save(model.state_dict(), path)
     weights: run:pretrain/full              # <storage>/pretrain/full
     weights: run:/shared/runs/pretrain/r1   # an absolute run directory
+    weights: run:s3://bucket/runs/pretrain/r1   # a run on object storage
 
 Every file loads with `torch.load(..., weights_only=True)`. The storage root of `run:`
-references is $TUNE_HW_STORAGE, else ./runs of the directory the search started in.
+references is $TUNE_HW_STORAGE (a directory or a URI), else ./runs of the directory the
+search started in.
 
 The best trial is the run's best neural trial by the run's own ranking (its study's
 search.metric and mode: ranking.Ranking, as the search and the report rank); its weights are
@@ -19,6 +21,7 @@ clean clone; any other missing run is an error.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -39,6 +42,7 @@ from tune_hw.layout import (
 )
 from tune_hw.ranking import Ranking
 from tune_hw.results import CONFIG_PREFIX, read_study
+from tune_hw.storage import ObjectPath, is_uri, location
 from tune_hw.trees import TREE_MODELS
 
 AUTO_RUNS = {"full": [], "quick": ["--quick"]}  # missing runs created on demand, their flags
@@ -77,7 +81,8 @@ def pretrained_state(weights: str) -> dict[str, torch.Tensor]:
         raise UserError(f"weights file {path} does not exist: give a state_dict saved with "
                         "torch.save(model.state_dict(), path)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu",
+                           weights_only=True)
     except Exception as exc:
         raise UserError(f"weights file {path} cannot be loaded safely ({type(exc).__name__}); "
                         "only plain state_dicts of tensors are accepted") from None
@@ -89,19 +94,21 @@ def pretrained_state(weights: str) -> dict[str, torch.Tensor]:
 
 
 
-def storage_root() -> Path:
+def storage_root() -> Path | ObjectPath:
     """Where relative run references live: $TUNE_HW_STORAGE, else ./runs of the launch dir.
 
     Inside a trial Tune changes the working directory; TUNE_ORIG_WORKING_DIR is the original.
     """
     if os.environ.get(STORAGE_ENV):
-        return Path(os.environ[STORAGE_ENV]).expanduser()
+        return location(os.environ[STORAGE_ENV])
     return Path(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd())) / DEFAULT_STORAGE
 
 
-def run_directory(ref: str) -> Path:
-    """`study/run_name` (relative to the storage root, and staying under it) or an absolute
-    run directory."""
+def run_directory(ref: str) -> Path | ObjectPath:
+    """`study/run_name` (relative to the storage root, and staying under it), an absolute
+    run directory or a run's URI."""
+    if is_uri(ref):
+        return location(ref)
     path = Path(ref).expanduser()
     if path.is_absolute():
         return path
@@ -118,7 +125,7 @@ def run_directory(ref: str) -> Path:
     return storage_root() / parts[0] / parts[1]
 
 
-def best_run_checkpoint(ref: str) -> Path:
+def best_run_checkpoint(ref: str) -> Path | ObjectPath:
     """The state of the best epoch of the best trial of run `ref` (its best.pt)."""
     run_dir = run_directory(ref)
     if not (run_dir / TRIALS_FILE).is_file():
@@ -132,10 +139,11 @@ def best_run_checkpoint(ref: str) -> Path:
     return path
 
 
-def ensure_run(ref: str, run_dir: Path) -> None:
+def ensure_run(ref: str, run_dir: Path | ObjectPath) -> None:
     """Create a missing relative run by running its study once, or say how to get one."""
     study, run_name = (Path(ref).parts + ("", ""))[:2]
-    known = not Path(ref).is_absolute() and (STUDY_DIR / f"{study}.yaml").is_file()
+    known = not is_uri(ref) and not Path(ref).is_absolute() and \
+        (STUDY_DIR / f"{study}.yaml").is_file()
     if not known or run_name not in AUTO_RUNS:
         hint = (f"create it with `python -m tune_hw.search {study} --name {run_name}`" if known
                 else "run the source study first or fix the reference")
@@ -160,7 +168,7 @@ def _inside_trial() -> bool:
     return "TUNE_ORIG_WORKING_DIR" in os.environ
 
 
-def best_trial(run_dir: Path, ref: str) -> str:
+def best_trial(run_dir: Path | ObjectPath, ref: str) -> str:
     """The id of the run's best neural trial by its study's ranking (a trial without a
     healthy epoch is not ranked; a tree baseline has no weights to give)."""
     usable = results.read_table(run_dir / TRIALS_FILE, ["trial_id", "status", "best_val_acc"])

@@ -17,6 +17,7 @@ from tune_hw import layout
 from tune_hw.errors import UserError
 from tune_hw.ranking import Ranking
 from tune_hw.results import Run, TrialRecord, build_tables, load_run, read_study
+from tune_hw.storage import ObjectPath, check_reachable
 
 RAY_ENDED = ("TERMINATED", "ERROR")  # Ray's statuses of a trial that will not run again
 
@@ -115,9 +116,11 @@ def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def read_run(run_dir: Path) -> Run:
+def read_run(run_dir: Path | ObjectPath) -> Run:
     """A run's tables: its parquet files, or Ray's text files while the search has written
     study.yaml but no trials.parquet yet (it is still running)."""
+    if isinstance(run_dir, ObjectPath):
+        check_reachable(run_dir, "run")
     if not run_dir.exists():
         raise UserError(f"{run_dir} does not exist: pass a run directory such as "
                         "runs/<study>/<run_name>")

@@ -8,6 +8,7 @@ retry, a lost node or --resume continues from) and its best epoch's by the study
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -27,14 +28,15 @@ from tune_hw.layout import (
 )
 from tune_hw.metrics import SENTINEL_METRICS
 from tune_hw.ranking import VALIDATION_METRICS, Ranking
-from tune_hw.results import atomic_write
+from tune_hw.storage import ObjectPath, atomic_write, location
 from tune_hw.training import run_trial
 
 
 class TrialStates:
     """A trial's two saved states in its directory of the run, each replaced atomically: the
     latest (retries and --resume continue from it) and its best epoch's by the study's ranking
-    (what `weights: run:` transfers); and its rows, each appended before Tune hears of it.
+    (what `weights: run:` transfers); and its rows, each added before Tune hears of it.
+    The directory may be local or on object storage (`storage.location`).
 
     The rows file exists because the latest state runs ahead of Ray's result.json (Ray copies
     that on its sync period): after a crash, a trial resumed from its state would skip the
@@ -45,9 +47,10 @@ class TrialStates:
     of 1,000 short trials spent most of its time snapshotting (benchmarks/, case snapshot).
     """
 
-    def __init__(self, trial_dir: Path, ranking: Ranking):
+    def __init__(self, trial_dir: Path | ObjectPath, ranking: Ranking):
         self.trial_dir, self.ranking = trial_dir, ranking
         self.best: dict[str, Any] | None = None  # metrics of the best epoch saved so far
+        self.rows: list[str] | None = None  # the rows file's lines, read once on first use
 
     def latest(self) -> dict[str, Any] | None:
         """The latest saved state, on the CPU whatever device saved it (the batch-order
@@ -55,16 +58,25 @@ class TrialStates:
         path = self.trial_dir / LATEST_STATE_FILE
         if not path.is_file():
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu",
+                           weights_only=True)
         self.best = state.pop("best", None)
         return state
 
     def append_row(self, metrics: dict[str, Any]) -> None:
-        """Add one reported row to the trial's rows file (a line cut short by a crash is
-        skipped on reading, as in Ray's result.json)."""
+        """Add one reported row to the trial's rows file, rewritten whole and atomically.
+
+        Object storage cannot append to an object, so every store rewrites it (one code path;
+        rows are ~1 KB, so even 1,000 epochs rewrite ~1 MB an epoch, beside the model's state).
+        Earlier rows (a retry, --resume) are read once and kept.
+        """
+        path = self.trial_dir / TRIAL_ROWS_FILE
+        if self.rows is None:
+            self.rows = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        self.rows.append(json.dumps(metrics))
         self.trial_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.trial_dir / TRIAL_ROWS_FILE, "a", encoding="utf-8") as out:
-            out.write(json.dumps(metrics) + "\n")
+        text = "".join(f"{line}\n" for line in self.rows)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def keep_if_best(self, metrics: dict[str, Any], state: dict[str, Any]) -> None:
         """Save `state` as the best when its epoch ranks above the best so far."""
@@ -107,13 +119,15 @@ def report_with_marker(metrics: dict[str, Any]) -> None:
 def tune_trainable(config: dict[str, Any], run_dir: str, ranking: Ranking) -> None:
     """The Ray Tune trainable: `run_trial` with tune.report and the trial's saved states,
     continuing from the latest one if there is one (a retry, a lost node, --resume).
+    `run_dir` is a path or a URI string: the trial resolves it with the credentials of its
+    own environment, so no secret travels in a pickle.
 
     A `UserError` (a configuration no retry can mend) ends the trial with one report of the
     sentinel metrics and its message, instead of an exception Tune would retry.
     """
     set_threads()
     device, context = ray_context()
-    states = TrialStates(Path(run_dir) / trial_dir_name(tune.get_context().get_trial_id()),
+    states = TrialStates(location(run_dir) / trial_dir_name(tune.get_context().get_trial_id()),
                          ranking)
     marked, reported = [tune.get_checkpoint() is not None], [False]
 

@@ -9,11 +9,10 @@ run are read as text by `ray_files`), with the study's `ranking.Ranking`.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,9 @@ from tune_hw import strict_yaml
 from tune_hw.errors import UserError
 from tune_hw.layout import EPOCHS_FILE, GRADS_FILE, STUDY_FILE, TRIALS_FILE
 from tune_hw.ranking import DEFAULT_RANKING, Ranking, finite, is_true
+from tune_hw.storage import ObjectPath, atomic_write, location
+
+__all__ = ["atomic_write"]  # re-exported: the one atomic write lives in storage
 
 EPOCH_COLUMNS = [
     "trial_id", "epoch", "steps", "train_loss", "train_acc", "val_loss", "val_acc",
@@ -92,7 +94,7 @@ class TrialRecord:
 class Run:
     """A run directory read back: the three tables and the resolved study."""
 
-    path: Path
+    path: Path | ObjectPath
     trials: pd.DataFrame
     epochs: pd.DataFrame
     grads: pd.DataFrame
@@ -241,10 +243,10 @@ def value_dtype(column: pd.Series) -> str:
     return "str"  # text, mixed values (1 and "auto"), or nothing at all
 
 
-def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[str, Any]
-              ) -> Run:
+def write_run(run_dir: str | Path | ObjectPath, records: Iterable[TrialRecord],
+              study: dict[str, Any]) -> Run:
     """Write every results file of a run atomically and return what was written."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     trials, epochs, grads = build_tables(records, Ranking.of(study))
     _refuse_shrinking(run_dir / TRIALS_FILE, len(trials))
@@ -256,16 +258,16 @@ def write_run(run_dir: str | Path, records: Iterable[TrialRecord], study: dict[s
     return Run(run_dir, trials, epochs, grads, study)
 
 
-def write_study(run_dir: str | Path, study: dict[str, Any]) -> None:
+def write_study(run_dir: str | Path | ObjectPath, study: dict[str, Any]) -> None:
     """Write `study.yaml` alone (at the start of a run, so a running run can be read)."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / STUDY_FILE, lambda p: Path(p).write_text(strict_yaml.dump(study)))
 
 
-def read_study(run_dir: str | Path) -> dict[str, Any]:
+def read_study(run_dir: str | Path | ObjectPath) -> dict[str, Any]:
     """The resolved study of a run, or {} when it has none (read as untrusted YAML)."""
-    path = Path(run_dir) / STUDY_FILE
+    path = location(run_dir) / STUDY_FILE
     if not path.is_file():
         return {}
     study = strict_yaml.read(path, allow_null=True) or {}
@@ -274,9 +276,9 @@ def read_study(run_dir: str | Path) -> dict[str, Any]:
     return study
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path | ObjectPath) -> Run:
     """Read a run directory back; a directory that is not a run is a `UserError`."""
-    run_dir = Path(run_dir)
+    run_dir = location(run_dir)
     if not (run_dir / TRIALS_FILE).is_file():
         raise UserError(f"{run_dir} is not a tune_hw run: it has no {TRIALS_FILE}; "
                         "pass a directory like runs/<study>/<run_name>")
@@ -288,10 +290,10 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(run_dir, trials, epochs, grads, read_study(run_dir))
 
 
-def read_table(path: Path, required: Iterable[str]) -> pd.DataFrame:
+def read_table(path: Path | ObjectPath, required: Iterable[str]) -> pd.DataFrame:
     """A parquet file of the schema; a damaged file or a missing column is one `UserError`."""
     try:
-        table = pd.read_parquet(path)
+        table = pd.read_parquet(io.BytesIO(path.read_bytes()))
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ValueError...
         raise UserError(f"{path} cannot be read as parquet ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); restore it "
@@ -308,10 +310,11 @@ def _trial_columns(trials: list[dict]) -> list[str]:
     return ["trial_id", "status", *config_keys, *TRIAL_SUMMARY_COLUMNS]
 
 
-def _refuse_shrinking(path: Path, n_new: int) -> None:
+def _refuse_shrinking(path: Path | ObjectPath, n_new: int) -> None:
     """Results are never replaced by fewer trials than they hold: that is a damaged run."""
     try:
-        n_old = pq.read_metadata(path).num_rows if path.is_file() else 0
+        n_old = pq.read_metadata(io.BytesIO(path.read_bytes())).num_rows \
+            if path.is_file() else 0
     except Exception:  # an unreadable file holds no trials worth keeping
         n_old = 0
     if n_new < n_old:
@@ -327,16 +330,3 @@ def _parquet_safe(value: Any) -> Any:
 def is_missing(value: Any) -> bool:
     """None or a float NaN: a cell or a reported value that holds nothing."""
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
-    """`write(tmp)` a temporary file in the same directory, then rename it over `path`: a crash
-    mid-write leaves the previous file whole (results files and trials' saved states alike)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

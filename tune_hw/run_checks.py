@@ -12,13 +12,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tune_hw import layout, ray_files, results, strict_yaml
+from tune_hw import layout, ray_files, results, storage, strict_yaml
 from tune_hw.errors import UserError
+from tune_hw.storage import ObjectPath
+
+GROWABLE = ("search", "num_samples")  # the one study key a --resume may change: raise it
 
 
-def check_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any], storage: Path) -> None:
+def check_run_dir(run_dir: Path | ObjectPath, resume: bool, resolved: dict[str, Any],
+                  storage_path: Path | ObjectPath) -> None:
     """A new run must not overwrite anything; a resumed run must exist, be trusted, be whole
-    and match the study."""
+    and match the study (which may only raise search.num_samples: the run grows)."""
     if not resume:
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise UserError(f"run {run_dir.name!r} already exists in {run_dir.parent}: add "
@@ -27,15 +31,36 @@ def check_run_dir(run_dir: Path, resume: bool, resolved: dict[str, Any], storage
     if not run_dir.is_dir():
         raise UserError(f"nothing to resume: no run {run_dir.name!r} under {run_dir.parent}; "
                         "check --name and --storage-path, or drop --resume to start it")
-    check_trusted(run_dir, storage)
+    if not isinstance(run_dir, ObjectPath):  # a bucket's trust is who may write the prefix
+        check_trusted(run_dir, storage_path)
     check_restorable(run_dir)
     stored = results.read_study(run_dir)
     current = strict_yaml.load(strict_yaml.dump(resolved), "the study", allow_null=True)
+    check_growth(run_dir, stored, current)
+    stored, current = _without_growth(stored), _without_growth(current)
     differ = sorted(k for k in current if k != "run_name" and stored.get(k) != current[k])
     if differ:
         raise UserError(f"run {run_dir.name!r} was made with a different study (differs in "
                         f"{differ}): resume with the same study, --quick and --set options, "
                         "or start a new --name")
+
+
+def check_growth(run_dir: Path | ObjectPath, stored: dict[str, Any], current: dict[str, Any]
+                 ) -> None:
+    """A resumed run may grow (a larger search.num_samples), never shrink."""
+    section, key = GROWABLE
+    old, new = (s.get(section, {}).get(key) if isinstance(s.get(section), dict) else None
+                for s in (stored, current))
+    if isinstance(old, int) and isinstance(new, int) and new < old:
+        raise UserError(f"run {run_dir.name!r} has search.num_samples {old}: --resume it with "
+                        f"--num-samples {old} or more (a run grows, it never shrinks)")
+
+
+def _without_growth(study: dict[str, Any]) -> dict[str, Any]:
+    section, key = GROWABLE
+    if not isinstance(study.get(section), dict):
+        return study
+    return {**study, section: {k: v for k, v in study[section].items() if k != key}}
 
 
 def check_trusted(run_dir: Path, storage: Path) -> None:
@@ -81,9 +106,17 @@ def _whole_pickle(path: Path) -> bool:
     return True
 
 
-def check_writable(storage: Path, study_dir: Path) -> None:
+def check_writable(storage_path: Path | ObjectPath, study_dir: Path | ObjectPath) -> None:
     """Runs can be written under the storage path: make the study's directory and a probe
-    file, before Ray starts, then remove what the probe made."""
+    file, before Ray starts, then remove what the probe made (object storage: the bucket is
+    there and takes a probe object)."""
+    if isinstance(storage_path, ObjectPath):
+        storage.probe(storage_path)
+        return
+    _check_local_writable(storage_path, study_dir)
+
+
+def _check_local_writable(storage: Path, study_dir: Path) -> None:
     made = [p for p in (study_dir, *study_dir.parents) if not p.exists()]  # deepest first
     try:
         study_dir.mkdir(parents=True, exist_ok=True)

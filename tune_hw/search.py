@@ -7,6 +7,8 @@
     python -m tune_hw.search my_study.yaml --storage-path /shared/runs
     python -m tune_hw.search lr_batch --address auto           # inside a Ray cluster
     python -m tune_hw.search lr_batch --name r1 --resume       # continue an interrupted run
+    python -m tune_hw.search lr_batch --name r1 --resume --num-samples 80   # grow a run
+    python -m tune_hw.search lr_batch --storage-path s3://bucket/runs      # object storage
 
 The run lands in <storage-path>/<study>/<run-name>/: trials.parquet, epochs.parquet,
 grads.parquet (gradient tracking only), study.yaml, optuna.db (for optuna-dashboard) and
@@ -22,7 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ from tune_hw import (
 )
 from tune_hw.errors import ArgumentParser, UserError
 from tune_hw.layout import DEFAULT_STORAGE, STORAGE_ENV
+from tune_hw.storage import ObjectPath, atomic_write, location
 from tune_hw.studies import Study, load_study
 
 
@@ -66,7 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int,
                         help="override failure.max_failures: retries of a crashed trial")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run --name (same study and options)")
+                        help="continue the run --name (same study and options; a larger "
+                        "--num-samples grows it)")
     parser.add_argument("--dashboard", action="store_true",
                         help="local Ray only: start the Ray dashboard on 127.0.0.1, print its URL")
     parser.add_argument("--verbose", action="store_true",
@@ -107,10 +113,8 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     """Validate, start or resume the search, write results; the exit code."""
     run_name = time.strftime("%Y%m%d-%H%M%S") if args.name is None else \
         layout.check_name(args.name, "--name")
-    if "://" in args.storage_path:
-        raise UserError(f"--storage-path {args.storage_path}: object storage is not supported "
-                        "for results yet; use a directory (on a cluster, one every node mounts)")
-    storage = Path(args.storage_path).expanduser().resolve()
+    storage = location(args.storage_path)  # a directory, or object storage (s3://...)
+    storage = storage if isinstance(storage, ObjectPath) else storage.resolve()
     # relative run:STUDY/RUN weights resolve under this run's storage, in driver and workers
     os.environ.setdefault(STORAGE_ENV, str(storage))
     study = load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
@@ -118,9 +122,9 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     sizes = preflight.preflight(study)
     run_dir = storage / study.name / run_name
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
+    run_checks.check_writable(storage, run_dir.parent)  # first: an unreachable bucket
     run_checks.check_run_dir(run_dir, args.resume, resolved, storage)
-    run_checks.check_writable(storage, run_dir.parent)
-    with terminal.run_log(run_dir, enabled=not args.verbose) as settle:
+    with terminal.run_log(local_log_dir(run_dir), enabled=not args.verbose) as settle:
         if not args.verbose:
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in driver.log
         started = cluster.init_ray(args.address, args.dashboard, cluster.worker_runtime_env())
@@ -134,8 +138,10 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
         finally:
             if started:  # inside the redirect: Ray's last lines go to driver.log too
                 cluster.stop_ray()
+    upload_log(run_dir)
     code = outcome.write_results(run_dir, resolved, study)
-    tracking.sync_optuna(study, run_dir)  # optuna.db ends as the parquet files, whatever it missed
+    if isinstance(run_dir, Path):  # optuna.db is SQLite: a local (or mounted) run only
+        tracking.sync_optuna(study, run_dir)  # it ends as the parquet files, whatever it missed
     if code == 0:
         outcome.print_next_steps(run_dir, study.log.get("mlflow"))
     elif not args.verbose:
@@ -146,15 +152,33 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     return code
 
 
-def start_search(args: argparse.Namespace, study: Study, storage: Path, run_dir: Path,
-                 resolved: dict[str, Any]) -> Any:
+def local_log_dir(run_dir: Path | ObjectPath) -> Path:
+    """Where driver.log is written while the search runs: the run directory, or for a run on
+    object storage (descriptors need a local file) a local directory uploaded at the end."""
+    if isinstance(run_dir, Path):
+        return run_dir
+    local = Path(tempfile.gettempdir(), f"tune_hw-{os.getuid()}", run_dir.parent.name,
+                 run_dir.name)
+    local.mkdir(parents=True, exist_ok=True)
+    return local
+
+
+def upload_log(run_dir: Path | ObjectPath) -> None:
+    """Copy the local driver.log of a run on object storage into its run directory."""
+    local = local_log_dir(run_dir) / layout.DRIVER_LOG
+    if not isinstance(run_dir, Path) and local.is_file():
+        atomic_write(run_dir / layout.DRIVER_LOG, lambda tmp: shutil.copyfile(local, tmp))
+
+
+def start_search(args: argparse.Namespace, study: Study, storage: Path | ObjectPath,
+                 run_dir: Path | ObjectPath, resolved: dict[str, Any]) -> Any:
     """Check the cluster, write study.yaml and make (or restore) the Tuner, with the
     progress display unless --verbose asks for Ray's own output."""
     cluster.check_shared_storage(storage)
     if not args.address:
         cluster.check_trial_fits(study)
-    if not args.resume:
-        results.write_study(run_dir, resolved)  # a running run is readable from the start
+    # a running run is readable from the start; a grown one records its new total
+    results.write_study(run_dir, resolved)
     display = [] if args.verbose else [progress.Progress(
         study, outcome.expected_trials(study), tuner.max_epochs(study))]
     verbose = None if args.verbose else 0  # 0: Ray's own reporter prints nothing

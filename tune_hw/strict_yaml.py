@@ -95,8 +95,7 @@ def read(path: Path, allow_null: bool = False) -> Any:
         if size > MAX_BYTES:
             raise UserError(f"{path}: is {size / 2**20:.1f} MiB, over the {MAX_BYTES // 1024} "
                             "KiB a study file may have: check that this is the file you meant")
-        with open(path, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
+        raw = path.read_bytes()[:MAX_BYTES + 1]  # a local file or an ObjectPath alike
     except OSError as exc:
         raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return load(raw, str(path), allow_null)

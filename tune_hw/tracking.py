@@ -23,6 +23,7 @@ from tune_hw.mlflow_store import MlflowStore
 from tune_hw.optuna_store import OptunaStore
 from tune_hw.ranking import Ranking, finite
 from tune_hw.results import EPOCH_COLUMNS, TrialRecord
+from tune_hw.storage import ObjectPath
 from tune_hw.studies import Study
 
 FAILED = "Ray reported the trial as failed"  # error text of a trial Tune ended in ERROR
@@ -42,8 +43,8 @@ def members(trial: Any, result: dict[str, Any]) -> list[tuple[str, dict, dict]]:
 class StoreCallback(Callback):
     """Feeds a store (OptunaStore, MlflowStore: open, report, finish) from Tune's events."""
 
-    def __init__(self, store: Any, run_dir: Path, ranking: Ranking):
-        self.store, self.run_dir, self.ranking = store, Path(run_dir), ranking
+    def __init__(self, store: Any, run_dir: Path | ObjectPath, ranking: Ranking):
+        self.store, self.run_dir, self.ranking = store, run_dir, ranking
         self._rows: dict[str, list[dict]] = defaultdict(list)  # member id -> reported rows
 
     def __getstate__(self) -> dict[str, Any]:
@@ -133,13 +134,17 @@ def optuna_of(study: Study, run_dir: Path) -> OptunaStore:
                        study.ranking, study.distributions)
 
 
-def callbacks(study: Study, run_dir: Path) -> list[Any]:
-    """The driver's callbacks of a run: optuna.db, TensorBoard, and MLflow when asked for."""
+def callbacks(study: Study, run_dir: Path | ObjectPath) -> list[Any]:
+    """The driver's callbacks of a run: optuna.db, TensorBoard, and MLflow when asked for.
+
+    optuna.db (SQLite) and the event files need a local or mounted run directory; a run on
+    object storage gets Ray's own TensorBoard logger, which Ray syncs to the bucket."""
+    local = isinstance(run_dir, Path)
     found = [StoreCallback(optuna_of(study, run_dir), run_dir, study.ranking),
-             EpochTensorBoard(run_dir)]
+             EpochTensorBoard(run_dir)] if local else []
     uri = study.log.get("mlflow")
     if uri:
-        store = MlflowStore(uri, study.name, Path(run_dir).name)
+        store = MlflowStore(uri, study.name, run_dir.name)
         found.append(StoreCallback(store, run_dir, study.ranking))
     return found
 

@@ -10,12 +10,13 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Repeater
+from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_hw import cluster, layout, ray_trial, tracking
+from tune_hw import cluster, layout, ray_trial, resumable, tracking
 from tune_hw.distributions import Distribution
 from tune_hw.results import REPEAT_KEY
+from tune_hw.storage import ObjectPath
 from tune_hw.studies import Study
 
 
@@ -52,7 +53,8 @@ def num_samples(study: Study) -> int:
 
 def make_search_alg(study: Study) -> Any:
     """Optuna's TPE, or Tune's own random/grid generator, with at most `max_concurrent` live
-    trials (Optuna: by default as many as the running cluster fits at once).
+    trials (Optuna: by default as many as the running cluster fits at once); both can follow
+    a moved run and grow on restore (resumable).
 
     With repeats, Optuna's suggestions go through Ray's Repeater: each config runs `repeats`
     times and TPE is told the mean of their results; the random generator keeps its sampled
@@ -61,15 +63,16 @@ def make_search_alg(study: Study) -> Any:
     limit = study.search["max_concurrent"]
     if study.search["algorithm"] != "optuna":
         # it takes its own limit (0 = none): ConcurrencyLimiter refuses a non-Searcher
-        return BasicVariantGenerator(random_state=seed, max_concurrent=limit,
-                                     constant_grid_search=repeats > 1)
+        return resumable.GrowingVariants(random_state=seed, max_concurrent=limit,
+                                         constant_grid_search=repeats > 1)
     # Without a ConcurrencyLimiter Tune keeps one trial of a custom searcher pending at a time,
     # so a cluster fills one trial after another and short trials all reuse the first actor.
     limit = limit or cluster.concurrent_slots(study.resources)
     searcher = OptunaSearch(seed=seed)
     if repeats > 1:
         searcher = Repeater(searcher, repeat=repeats, set_index=True)
-    return ConcurrencyLimiter(searcher, max_concurrent=limit) if limit > 0 else searcher
+    return resumable.GrowingSearch(
+        ConcurrencyLimiter(searcher, max_concurrent=limit) if limit > 0 else searcher)
 
 
 def max_epochs(study: Study) -> int:
@@ -86,7 +89,8 @@ def make_scheduler(study: Study) -> Any:
                          reduction_factor=study.scheduler["reduction_factor"])
 
 
-def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = None) -> Any:
+def make_trainable(study: Study, run_dir: Path | ObjectPath, trainable: Callable | None = None
+                   ) -> Any:
     """The Tune trainable with the study's per-trial resources; tune_trainable also gets the
     run directory (where each trial keeps its states) and the study's ranking."""
     if trainable is None:
@@ -96,8 +100,9 @@ def make_trainable(study: Study, run_dir: Path, trainable: Callable | None = Non
                                {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
 
 
-def build_tuner(study: Study, storage: Path, run_name: str, trainable: Callable | None = None,
-                callbacks: Sequence[Any] = (), verbose: int | None = None) -> Any:
+def build_tuner(study: Study, storage: Path | ObjectPath, run_name: str,
+                trainable: Callable | None = None, callbacks: Sequence[Any] = (),
+                verbose: int | None = None) -> Any:
     """A new Tuner for the study; `trainable` replaces tune_trainable (tests inject faults);
     `callbacks` and `verbose` (None: Ray's default) set what the driver prints; the run's
     tracking callbacks (optuna.db, MLflow) always come first.
@@ -122,15 +127,17 @@ def build_tuner(study: Study, storage: Path, run_name: str, trainable: Callable 
     )
 
 
-def restore_tuner(study: Study, run_dir: Path, trainable: Callable | None = None,
+def restore_tuner(study: Study, run_dir: Path | ObjectPath, trainable: Callable | None = None,
                   callbacks: Sequence[Any] = (), verbose: int | None = None) -> Any:
     """Ray's Tuner.restore with the searcher's state: finished trials stay finished,
-    unfinished ones continue from their latest state, errored ones stay errored.
+    unfinished ones continue from their latest state, errored ones stay errored; new trials
+    go to the run's current place (it may have moved), up to the study's num_samples.
 
     The restored Tuner would bring back the callbacks and verbosity pickled in tuner.pkl
     (the first run's display and tracking callbacks); this run's replace them.
     Tuner.restore takes no RunConfig, so this sets them on its private `_local_tuner`
     (tests pin it)."""
+    resumable.follow(str(run_dir.parent), run_dir.name, num_samples(study))
     tuner = tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
                                resume_unfinished=True, resume_errored=False,
                                restart_errored=False, param_space=param_space(study))

@@ -29,6 +29,7 @@ from tune_hw.report.document import Doc
 from tune_hw.report.sections import write_sections
 from tune_hw.report.summary import jsonable, summarize
 from tune_hw.results import Run
+from tune_hw.storage import location
 
 DEFAULT_OUT = Path("reports")
 MAX_BOOTSTRAP = 100_000  # 1e5 resamples of every trial's two accuracies: seconds, not GiBs
@@ -51,7 +52,8 @@ def _integer(low: int, high: int | None = None):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog="python -m tune_hw.report",
                                      description="Write the report of a tune_hw run.")
-    parser.add_argument("run_dir", type=Path, help="a run directory, e.g. runs/lr_batch/r1")
+    parser.add_argument("run_dir", help="a run directory, e.g. runs/lr_batch/r1, or its URI "
+                        "(s3://bucket/runs/lr_batch/r1)")
     parser.add_argument("--out", type=Path,
                         help="output directory (default reports/<study>/<run_name>/)")
     parser.add_argument("--top", type=_integer(1), default=5,
@@ -97,10 +99,10 @@ def earlier_figures(out: Path) -> list[Path]:
     return [out / name for name in names if (out / name).is_file()]
 
 
-def build_report(run_dir: Path, out: Path | None = None, top: int = 5,
+def build_report(run_dir: str | Path, out: Path | None = None, top: int = 5,
                  n_boot: int = N_BOOTSTRAP, seed: int = 0) -> Path:
     """Analyse the run and write report.md, index.html, figures/ and summary.json."""
-    run = read_run(Path(run_dir))
+    run = read_run(location(run_dir))
     out = Path(out) if out else default_out(run)
     make_out_dir(out)
     for old in earlier_figures(out):
