@@ -279,3 +279,13 @@ def test_every_study_of_the_issue_is_shipped_with_repeats_its_claims_need():
     assert ISSUE_STUDIES <= set(shipped)
     assert shipped["architectures"].search["repeats"] == 6  # 6 of 6 underfit shows > 0.5
     assert "train.seed" not in shipped["transfer"].space  # its seeds are repeats now
+
+
+def test_a_set_that_narrows_the_space_keeps_the_files_claims_and_runs():
+    # lr_batch claims "above lr 0.3 training diverges or stalls"; a narrower --set range is
+    # a run in which that claim is inconclusive, not a study to refuse
+    narrowed = {"space.train.lr": {"loguniform": [0.001, 0.01]}}
+    study = studies.load_study("lr_batch", quick=True, overrides=narrowed)
+    assert [c.name for c in study.claims] == \
+        [c.name for c in studies.load_study("lr_batch", quick=True).claims]
+    assert study.distributions["train.lr"].high == 0.01  # the run searches what --set says

@@ -145,12 +145,19 @@ def load_study(name_or_path: str, quick: bool = False,
             raise StudyError(f"{path}: --quick needs a 'quick:' profile mapping, e.g. "
                              "quick: {num_samples: 4, train.epochs: 2}")
         raw = apply_overrides(raw, raw["quick"], path)
-    raw = apply_overrides(raw, overrides or {}, path)
-    return validate(raw, path)
+    if not overrides:
+        return validate(raw, path)
+    overridden = apply_overrides(raw, overrides, path)  # first: a bad --set is the error
+    # Claims (no --set changes them) are checked against the study its file and quick profile
+    # define: a --set that narrows the space leaves a claim about values it no longer reaches
+    # inconclusive in this run, instead of refusing the run
+    return validate(overridden, path, validate(raw, path).claims)
 
 
-def validate(raw: dict[str, Any], path: Path) -> Study:
-    """Check every section and the space; fill defaults."""
+def validate(raw: dict[str, Any], path: Path, claims: tuple[Claim, ...] | None = None
+             ) -> Study:
+    """Check every section and the space; fill defaults; `claims`, when given, were checked
+    already (against the study before --set overrides)."""
     where = str(path)
     dataset = _section(raw, "dataset", where)
     model = _section(raw, "model", where)
@@ -182,7 +189,7 @@ def validate(raw: dict[str, Any], path: Path) -> Study:
         for variant, origin in _variants(study, section):
             check(variant, where + _origin_text(origin))
     study.raw_claims = raw.get("claims")
-    study.claims = _parse_claims(study, where)
+    study.claims = _parse_claims(study, where) if claims is None else claims
     return study
 
 
