@@ -65,7 +65,9 @@ def test_a_search_on_a_bucket_resumes_after_sigkill_and_reports(s3_bucket, ray_t
     for trial_id, written in rows_by_trial(run_dir).items():
         rows = epochs[epochs.trial_id == trial_id].epoch.tolist()
         assert rows == list(range(1, len(rows) + 1))  # no gap, no repeat in the parquet
-        assert written.count(1) == 1  # nobody restarted from scratch
+        # an epoch may run twice when the kill fell between its row and its saved state
+        # (the trial continues from that state), but epochs never go backwards further
+        assert written == sorted(written) and max(written) == rows[-1]
     for trial_id in trials.trial_id:
         names = {p.name for p in (run_dir / f"trial_{trial_id}").iterdir()}
         assert {"latest.pt", "best.pt", "rows.jsonl", "result.json"} <= names
