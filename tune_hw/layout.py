@@ -22,6 +22,8 @@ TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
     "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
 # a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's
 LATEST_STATE_FILE, BEST_STATE_FILE = "latest.pt", "best.pt"
+# a fused group's member trials keep their best states in <trial dir>/members/<member id>/
+MEMBERS_DIR = "members"
 # every row a trial reported, one JSON object per line, written by the trial before it reports:
 # Ray's result.json lags the trial by its sync period, so a crash can lose rows only this keeps
 TRIAL_ROWS_FILE = "rows.jsonl"
