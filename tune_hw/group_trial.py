@@ -24,7 +24,7 @@ from ray import tune
 
 from tune_hw import fused, training
 from tune_hw.errors import UserError
-from tune_hw.layout import LATEST_STATE_FILE, MEMBERS_DIR, trial_dir_name
+from tune_hw.layout import LATEST_STATE_FILE, best_state_path, trial_dir_name
 from tune_hw.metrics import SENTINEL_METRICS
 from tune_hw.ranking import Ranking
 from tune_hw.ray_files import GROUP_KEY, MEMBER_STATUS_KEY, MEMBERS_KEY, member_id
@@ -46,7 +46,8 @@ class GroupRun:
         self.training: list[str] = []  # the ids of the members run_group trains, in order
         self.ids = [member_id(group_id, k) for k in range(len(configs))]
         self.rows = TrialStates(trial_dir, ranking)  # the group's rows file
-        self.bests = {m: TrialStates(trial_dir / MEMBERS_DIR / m, ranking) for m in self.ids}
+        self.bests = {m: TrialStates(best_state_path(trial_dir.parent, m, group_id).parent,
+                                     ranking) for m in self.ids}
         self.status = dict.fromkeys(self.ids, "running")
         self.states: dict[str, dict[str, Any]] = {}  # live members' latest states
         self.last_row: dict[str, Any] | None = None

@@ -54,6 +54,14 @@ def trial_dir_name(trial_id: str) -> str:
     return f"{TRIAL_DIR_PREFIX}{trial_id}"
 
 
+def best_state_path(run_dir: Path, trial_id: str, group_id: str | None = None) -> Path:
+    """A trial's best saved state: in its own directory, or a fused member's in its group's
+    (<group dir>/members/<member trial id>/best.pt)."""
+    if group_id is None or group_id == trial_id:
+        return run_dir / trial_dir_name(trial_id) / BEST_STATE_FILE
+    return run_dir / trial_dir_name(group_id) / MEMBERS_DIR / trial_id / BEST_STATE_FILE
+
+
 def check_name(name: str, what: str) -> str:
     """`name` if it is one path component: not empty, `.` or `..`, no separator, <= 255 bytes."""
     problem = None
