@@ -10,10 +10,12 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 from conftest import run_cli
+from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 
 from tune_hw import grouping, ray_files, results
-from tune_hw.errors import StudyError
+from tune_hw.group_searcher import GroupSearcher
 from tune_hw.rungs import RungBoard
 from tune_hw.studies import load_study
 
@@ -75,13 +77,36 @@ def test_member_rows_expand_a_group_result():
         ("t1", {"train.lr": 0.1, "model.name": "mlp"}, {"epoch": 1})]
 
 
-def test_fused_studies_need_random_or_grid():
-    study = load_study("lr_batch", quick=True, overrides={
-        "search.algorithm": "random", "search.fuse": 4})
+def test_fuse_is_read_from_the_study_and_off_by_default():
+    study = load_study("lr_batch", quick=True, overrides={"search.fuse": 4})
     assert study.search["fuse"] == 4
-    assert load_study("lr_batch").search["fuse"] == "off"  # the default
-    with pytest.raises(StudyError, match="needs search.algorithm random or grid"):
-        load_study("lr_batch", overrides={"search.fuse": "auto"})
+    assert load_study("lr_batch").search["fuse"] == "off"
+
+
+def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member():
+    study = load_study("lr_batch", overrides={"search.fuse": "auto", "search.num_samples": 12})
+    searcher = GroupSearcher(study, slots=2)
+    groups = []
+    while (suggested := searcher.suggest(f"t{len(groups)}")) != Searcher.FINISHED:
+        groups.append(suggested["group"]["members"])
+    assert sum(map(len, groups)) == 12 and len(groups) >= 2
+    assert max(map(len, groups)) <= 6  # 12 members, 2 slots: never fewer groups than slots
+    assert any(len(members) > 1 for members in groups)
+    for members in groups:
+        assert len({m["train.batch_size"] for m in members}) == 1
+        assert len({m["train.lr"] for m in members}) == len(members)
+        assert all(m["model.width"] == 64 for m in members)  # the fixed values come along
+    first = groups[0]
+    values = {f"t0-m{k:02d}": 0.1 + 0.1 * k for k in range(len(first))}
+    searcher.on_trial_result("t0", {"members": {m: {"val_acc": 0.05, "epoch": 1,
+                                                    "member_status": "running"}
+                                                for m in values}})
+    searcher.on_trial_complete("t0", {"members": {m: {"val_acc": v, "epoch": 2,
+                                                      "member_status": "completed"}
+                                                  for m, v in values.items()}})
+    told = {t.params["train.lr"]: t.value for t in searcher.ot.trials
+            if t.state == TrialState.COMPLETE}
+    assert told == {m["train.lr"]: pytest.approx(v) for m, v in zip(first, values.values(), strict=True)}
 
 
 @pytest.mark.parametrize("mode", ["max", "min"])
@@ -212,3 +237,16 @@ def test_asha_stops_a_member_while_its_group_goes_on(tmp_path, cli):
     assert rows[member.final_epoch - 1]["members"][member.trial_id]["member_status"] \
         == "early_stopped"
     assert all(member.trial_id not in row["members"] for row in rows[member.final_epoch:])
+
+
+def test_an_optuna_asha_study_fuses_its_members(tmp_path, cli):
+    proc = cli("tune_hw.search", "lr_batch", "--quick", "--set",
+               "space.train.batch_size={choice: [16, 128]}", "--num-samples", "6", "--fuse",
+               "auto", "--storage-path", str(tmp_path), "--name", "tpe")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = results.load_run(tmp_path / "lr_batch" / "tpe").trials
+    assert len(trials) == 6 and trials.trial_id.is_unique
+    assert trials.group_id.nunique() < len(trials)
+    assert set(trials.status) <= {"completed", "early_stopped", "diverged"}
+    for _, group in trials.groupby("group_id"):
+        assert group["config/train.batch_size"].nunique() == 1

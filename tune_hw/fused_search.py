@@ -1,6 +1,7 @@
 """The search of a fused study (`search.fuse` auto or K): the member configs Tune's own
-random/grid generator would give the unfused study, cut into groups (`grouping`), each group
-one Tune trial of `group_trial.group_trainable`. Under ASHA, Tune's scheduler is FIFO and the
+random/grid generator would give the unfused study, cut into groups (`grouping`), or with
+Optuna the groups a `group_searcher.GroupSearcher` proposes; each group one Tune trial of
+`group_trial.group_trainable`. Under ASHA, Tune's scheduler is FIFO and the
 members are judged by a `rungs.RungBoard` in a named actor of the driver (`start_board`),
 which every group asks after each epoch.
 
@@ -16,11 +17,12 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.search import BasicVariantGenerator
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
 from ray.tune.search.variant_generator import generate_variants
 
 from tune_hw import cluster, grouping, ray_files
+from tune_hw.group_searcher import GroupSearcher
 from tune_hw.ray_files import GROUP_KEY, MEMBERS_KEY
 from tune_hw.rungs import RungBoard
 from tune_hw.studies import Study
@@ -47,8 +49,13 @@ def group_configs(study: Study, space: dict[str, Any], slots: int) -> list[dict[
 
 def group_search(study: Study, space: dict[str, Any]) -> tuple[dict[str, Any], int, Any]:
     """(param space, num_samples, search algorithm) of the Tuner of a fused study: a grid
-    over the groups, each group one trial, at most `max_concurrent` running."""
+    over the groups, each group one trial, at most `max_concurrent` running; with Optuna, a
+    GroupSearcher that proposes each group (at most num_samples of them) when it starts."""
     slots = cluster.concurrent_slots(study.resources)
+    if study.search["algorithm"] == "optuna":
+        limit = study.search["max_concurrent"] or max(1, slots)
+        searcher = ConcurrencyLimiter(GroupSearcher(study, slots), max_concurrent=limit)
+        return {}, study.search["num_samples"], searcher
     groups = group_configs(study, space, max(1, slots))
     searcher = BasicVariantGenerator(max_concurrent=study.search["max_concurrent"])
     return {GROUP_KEY: tune.grid_search(groups)}, 1, searcher

@@ -257,16 +257,12 @@ def _check_search(study: Study, where: str) -> None:
 
 
 def _check_fuse(study: Study, where: str) -> None:
-    """search.fuse: auto, off or K; fused groups search with random or grid."""
+    """search.fuse: auto, off or a group size K."""
     search = study.search
     try:
         search["fuse"] = grouping.parse_fuse("off" if search["fuse"] is None else search["fuse"])
     except ValueError as exc:
         raise StudyError(f"{where}: {exc}") from None
-    if search["fuse"] != "off" and search["algorithm"] == "optuna":
-        raise StudyError(f"{where}: search.fuse {search['fuse']!r} needs search.algorithm "
-                         "random or grid (fused groups under optuna are not supported yet): "
-                         "set it, or use fuse: off")
 
 
 def _parse_space(study: Study, where: str) -> dict[str, Distribution]:
