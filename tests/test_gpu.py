@@ -94,6 +94,17 @@ def test_cli_run_with_a_fractional_gpu_records_it(cli, ray_env, tmp_path):
     assert trials.node_id.notna().all() and set(trials.status) <= {"completed", "early_stopped"}
 
 
+def test_a_fused_study_trains_its_groups_on_the_gpu(cli, ray_env, tmp_path):
+    proc = cli("tune_hw.search", "lr_batch", "--quick", "--gpus-per-trial", "0.5", "--set",
+               "search.algorithm=random", "--set", "space.train.batch_size={choice: [16]}",
+               "--num-samples", "6", "--fuse", "auto", "--storage-path", str(tmp_path),
+               "--name", "fg", env=ray_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = pd.read_parquet(Path(tmp_path, "lr_batch", "fg", "trials.parquet"))
+    assert len(trials) == 6 and trials.group_id.nunique() < 6
+    assert trials.gpu_ids.str.fullmatch(r"\d+").all()  # every member trained on its GPU
+
+
 def test_a_gpu_trial_whose_worker_dies_continues_on_the_gpu(tmp_path, ray_tmp, ray_env):  # noqa: F811
     """The retry restores the saved state on the CPU first: the batch-order generator only
     takes a CPU state, and loading it onto CUDA made every GPU retry and --resume fail."""

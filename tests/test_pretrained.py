@@ -55,6 +55,16 @@ def test_best_trial_then_its_best_state(storage):
     assert pretrained.best_run_checkpoint(str(storage / "pretrain" / "r1")) == path
 
 
+def test_a_fused_members_best_state_is_in_its_groups_directory(storage):
+    run_dir = fake_run(storage / "pretrain" / "f1", {
+        "trial_id": ["g1-m00", "g1-m01"], "group_id": ["g1", "g1"],
+        "status": ["completed", "completed"], "best_val_acc": [0.5, 0.9]}, {})
+    member_dir = run_dir / "trial_g1" / "members" / "g1-m01"
+    member_dir.mkdir(parents=True)
+    torch.save(weights(1), member_dir / "best.pt")
+    assert pretrained.best_run_checkpoint("pretrain/f1") == member_dir / "best.pt"
+
+
 def test_the_best_trial_follows_the_runs_own_metric(storage):
     # ranked by val_loss (min), a is best although b has the higher accuracy
     study = {"name": "pretrain", "search": {"metric": "val_loss", "mode": "min"}}

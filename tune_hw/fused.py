@@ -36,6 +36,7 @@ FUSABLE_MODELS = ("mlp", "cnn")
 EVAL_ROWS = 4096  # rows x members per evaluation chunk (metrics.evaluate's 4096 at K = 1)
 
 MemberReporter = Callable[[int, dict[str, Any], dict[str, Any]], "bool | None"]
+EpochEnd = Callable[[int], "Sequence[int] | None"]  # epoch -> members to stop after it
 
 # The largest useful group per architecture and batch size (0: do not fuse), from
 # benchmarks/fusion.py: steps per CPU-second per member, K fused over one model at a time, one
@@ -229,12 +230,15 @@ def start_epoch(states: Sequence[dict[str, Any] | None] | None) -> int:
 
 def run_group(configs: Sequence[dict[str, Any]], report: MemberReporter,
               states: Sequence[dict[str, Any] | None] | None = None, device: str = "cpu",
-              context: dict[str, Any] | None = None) -> None:
+              context: dict[str, Any] | None = None, end_epoch: EpochEnd | None = None
+              ) -> None:
     """`training.run_trial` for K configs of one structure, trained as one stacked group.
 
     `report(member, metrics, state)` gets member `i` (its index in `configs`) every epoch, with
     run_trial's metric row and checkpoint state; returning False stops that member. A member
     whose loss or metrics turn non-finite reports `diverged=True` and leaves; the rest go on.
+    `end_epoch(epoch)`, called once every member has reported that epoch, may name more
+    members to stop (a decision that needs the whole epoch's rows).
     """
     dataset, _, train = training.split_config(configs[0])
     splits = training.load_splits(dataset, device)
@@ -263,5 +267,7 @@ def run_group(configs: Sequence[dict[str, Any]], report: MemberReporter,
             keep_going = report(member, row, {**group.member_state(member), "epoch": epoch})
             if result is not None and keep_going is not False:
                 stay.append(member)
+        stopped = set(end_epoch(epoch) or ()) if end_epoch is not None else set()
+        stay = [member for member in stay if member not in stopped]
         if stay != group.ids:
             group.keep(stay)

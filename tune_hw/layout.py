@@ -25,6 +25,8 @@ DRIVER_LOG = "driver.log"  # everything Ray printed on the driver's terminal (un
 OPTUNA_FILE = "optuna.db"
 # a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's
 LATEST_STATE_FILE, BEST_STATE_FILE = "latest.pt", "best.pt"
+# a fused group's member trials keep their best states in <trial dir>/members/<member id>/
+MEMBERS_DIR = "members"
 # every row a trial reported, one JSON object per line, written by the trial before it reports:
 # Ray's result.json lags the trial by its sync period, so a crash can lose rows only this keeps
 TRIAL_ROWS_FILE = "rows.jsonl"
@@ -53,6 +55,14 @@ def trial_dir_name(trial_id: str) -> str:
     """The directory of a trial inside its run directory (short: Ray's default spells the
     whole config into the path)."""
     return f"{TRIAL_DIR_PREFIX}{trial_id}"
+
+
+def best_state_path(run_dir: Path, trial_id: str, group_id: str | None = None) -> Path:
+    """A trial's best saved state: in its own directory, or a fused member's in its group's
+    (<group dir>/members/<member trial id>/best.pt)."""
+    if group_id is None or group_id == trial_id:
+        return run_dir / trial_dir_name(trial_id) / BEST_STATE_FILE
+    return run_dir / trial_dir_name(group_id) / MEMBERS_DIR / trial_id / BEST_STATE_FILE
 
 
 def check_name(name: str, what: str) -> str:

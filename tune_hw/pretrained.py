@@ -38,7 +38,7 @@ from tune_hw.layout import (
     STORAGE_ENV,
     STUDY_DIR,
     TRIALS_FILE,
-    trial_dir_name,
+    best_state_path,
 )
 from tune_hw.ranking import Ranking
 from tune_hw.results import CONFIG_PREFIX, read_study
@@ -130,8 +130,8 @@ def best_run_checkpoint(ref: str) -> Path | ObjectPath:
     run_dir = run_directory(ref)
     if not (run_dir / TRIALS_FILE).is_file():
         ensure_run(ref, run_dir)
-    trial_id = best_trial(run_dir, ref)
-    path = run_dir / trial_dir_name(trial_id) / BEST_STATE_FILE
+    trial_id, group_id = best_trial(run_dir, ref)
+    path = best_state_path(run_dir, trial_id, group_id)
     if not path.is_file():
         raise UserError(f"weights run:{ref}: trial {trial_id} saved no {BEST_STATE_FILE} in "
                         f"{path.parent}; the run is incomplete or older than this tune_hw: "
@@ -168,10 +168,11 @@ def _inside_trial() -> bool:
     return "TUNE_ORIG_WORKING_DIR" in os.environ
 
 
-def best_trial(run_dir: Path | ObjectPath, ref: str) -> str:
-    """The id of the run's best neural trial by its study's ranking (a trial without a
-    healthy epoch is not ranked; a tree baseline has no weights to give)."""
-    usable = results.read_table(run_dir / TRIALS_FILE, ["trial_id", "status", "best_val_acc"])
+def best_trial(run_dir: Path | ObjectPath, ref: str) -> tuple[str, str]:
+    """The ids of the run's best neural trial and of its group, by its study's ranking (a
+    trial without a healthy epoch is not ranked; a tree baseline has no weights to give)."""
+    usable = results.read_table(run_dir / TRIALS_FILE,
+                                ["trial_id", "group_id", "status", "best_val_acc"])
     model_name = f"{CONFIG_PREFIX}model.name"
     if model_name in usable:  # a tree baseline has no weights to transfer
         usable = usable[~usable[model_name].isin(TREE_MODELS)]
@@ -179,4 +180,4 @@ def best_trial(run_dir: Path | ObjectPath, ref: str) -> str:
     if ranked.empty:
         raise UserError(f"weights run:{ref}: no neural trial of {run_dir} finished an epoch "
                         "without diverging; rerun the source study")
-    return str(ranked.iloc[0]["trial_id"])
+    return str(ranked.iloc[0]["trial_id"]), str(ranked.iloc[0]["group_id"])

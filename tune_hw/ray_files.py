@@ -20,6 +20,11 @@ from tune_hw.results import Run, TrialRecord, build_tables, load_run, read_study
 from tune_hw.storage import ObjectPath, check_reachable
 
 RAY_ENDED = ("TERMINATED", "ERROR")  # Ray's statuses of a trial that will not run again
+# a group's config and result: {"group": {"members": [...]}}, {"members": {member id: row}}
+GROUP_KEY, MEMBERS_KEY = "group", "members"
+# in a member's row: running, or why it left its group in this epoch
+MEMBER_STATUS_KEY = "member_status"
+MEMBER_ENDED = ("completed", "early_stopped", "diverged")
 
 
 def read_experiment_state(run_dir: Path) -> list[dict[str, Any]] | None:
@@ -46,20 +51,21 @@ def read_experiment_state(run_dir: Path) -> list[dict[str, Any]] | None:
 
 
 def read_ray_trials(run_dir: Path) -> list[TrialRecord]:
-    """Every trial of a run from Ray's text files: id, status and directory from the
-    experiment state, config from params.json, rows from result.json, error from error.txt."""
+    """Every tune_hw trial of a run from Ray's text files: id, status and directory from the
+    experiment state, config from params.json, rows from result.json, error from error.txt;
+    a group's Tune trial gives one record per member (`member_rows`)."""
     records, seen = [], set()
     for state in read_experiment_state(run_dir) or []:
         trial_dir = _state_trial_dir(run_dir, state.get("relative_logdir"))
         seen.add(trial_dir)
-        records.append(_trial_record(state["trial_id"], trial_dir, state["status"],
-                                     state.get("config")))
+        records.extend(_trial_records(state["trial_id"], trial_dir, state["status"],
+                                      state.get("config")))
     for trial_dir in layout.trial_dirs(run_dir):  # started after Ray last saved its state
         if trial_dir not in seen:
             rows = read_result_rows(trial_dir)
             trial_id = rows[0].get("trial_id") if rows else None
             trial_id = trial_id or trial_dir.name.removeprefix(layout.TRIAL_DIR_PREFIX)
-            records.append(_trial_record(str(trial_id), trial_dir, None, None))
+            records.extend(_trial_records(str(trial_id), trial_dir, None, None))
     return records
 
 
@@ -102,9 +108,32 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 def member_rows(trial_id: str, config: dict[str, Any], result: dict[str, Any]
                 ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """THE expansion of one reported result into tune_hw trials: (trial id, flat config, row)
-    for each. Every reader of reports (the parquet files, the callbacks) goes through it, so a
-    Tune trial that trains several configurations at once changes this function only."""
-    return [(trial_id, flatten_config(config), result)]
+    for each. Every reader of reports (the parquet files, the callbacks) goes through it.
+
+    An ordinary Tune trial is one tune_hw trial. A group's (config {"group": {"members":
+    [flat configs]}}) result carries each live member's row under "members"; a member's row
+    gets the group's own columns (Ray's time_total_s, ...) beneath its own, and a member that
+    left earlier is absent. A group result without "members" (a configuration error, or {}
+    for a group that has not reported) stands for every member.
+    """
+    group = config.get(GROUP_KEY) if isinstance(config, dict) else None
+    if not isinstance(group, dict):
+        return [(trial_id, flatten_config(config), result)]
+    reported = result.get(MEMBERS_KEY)
+    shared = {k: v for k, v in result.items() if k not in (MEMBERS_KEY, "config")}
+    out = []
+    for k, member_config in enumerate(group.get(MEMBERS_KEY) or []):
+        member = member_id(trial_id, k)
+        if not isinstance(reported, dict):
+            out.append((member, flatten_config(member_config), shared))
+        elif isinstance(reported.get(member), dict):
+            out.append((member, flatten_config(member_config), {**shared, **reported[member]}))
+    return out
+
+
+def member_id(group_id: str, k: int) -> str:
+    """The trial id of a group's member k: stable, as Tune keeps a trial's id on --resume."""
+    return f"{group_id}-m{k:02d}"
 
 
 def flatten_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -143,17 +172,26 @@ def live_run(run_dir: Path) -> Run:
     return Run(run_dir, trials, epochs, grads, study)
 
 
-def _trial_record(trial_id: str, trial_dir: Path | None, status: str | None,
-                  state_config: Any) -> TrialRecord:
+def _trial_records(trial_id: str, trial_dir: Path | None, status: str | None,
+                   state_config: Any) -> list[TrialRecord]:
+    """The tune_hw trials of one Tune trial (several for a group), each with its own rows."""
     params = _json_file(trial_dir / layout.PARAMS_FILE) if trial_dir else None
     config = params if isinstance(params, dict) else state_config
+    config = config if isinstance(config, dict) else {}
     error = None
     if status == "ERROR":
         lines = _text_lines(trial_dir / layout.ERROR_FILE) if trial_dir else []
         error = lines[-1] if lines else "trial failed (no error text stored)"
-    return TrialRecord(trial_id=trial_id, config=flatten_config(config or {}),
-                       rows=trial_rows(trial_dir) if trial_dir else [], error=error,
-                       ended=status in RAY_ENDED)
+    records = {member: TrialRecord(trial_id=member, config=flat, rows=[], error=error,
+                                   ended=status in RAY_ENDED, group_id=trial_id)
+               for member, flat, _ in member_rows(trial_id, config, {})}
+    for result in trial_rows(trial_dir) if trial_dir else []:
+        for member, _, row in member_rows(trial_id, config, result):
+            records[member].rows.append(row)
+    for record in records.values():  # a member that left its group ended before any error
+        if (record.rows[-1] if record.rows else {}).get(MEMBER_STATUS_KEY) in MEMBER_ENDED:
+            record.ended, record.error = True, None
+    return list(records.values())
 
 
 def _state_trial_dir(run_dir: Path, name: Any) -> Path | None:

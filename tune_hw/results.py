@@ -30,7 +30,7 @@ from tune_hw.storage import ObjectPath, atomic_write, location
 __all__ = ["atomic_write"]  # re-exported: the one atomic write lives in storage
 
 EPOCH_COLUMNS = [
-    "trial_id", "epoch", "steps", "train_loss", "train_acc", "val_loss", "val_acc",
+    "trial_id", "group_id", "epoch", "steps", "train_loss", "train_acc", "val_loss", "val_acc",
     "test_loss", "test_acc", "lr", "epoch_s", "samples_per_s", "step_loss_std", "diverged",
     "train_loss_running",  # the mean of the epoch's step losses (train_loss: after the epoch)
 ]
@@ -46,7 +46,8 @@ TRIAL_SUMMARY_COLUMNS = [
     "num_params", *SPLIT_SIZE_COLUMNS, *REPEAT_COLUMNS, "error",
 ]
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
-TRIAL_COLUMNS = ["trial_id", "status", *TRIAL_SUMMARY_COLUMNS]  # plus one config/<key> each
+# plus one config/<key> each
+TRIAL_COLUMNS = ["trial_id", "group_id", "status", *TRIAL_SUMMARY_COLUMNS]
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")
 FINAL_STATUSES = STATUSES[:4]  # a trial with one of these will not run again
 
@@ -80,7 +81,8 @@ class TrialRecord:
     """What a search produced for one trial: its config, every reported epoch, its error.
 
     `ended` is Ray's word that the trial stopped (finished, stopped early or failed);
-    a trial of an interrupted search has not ended.
+    a trial of an interrupted search has not ended. `group_id` is the Tune trial a fused
+    member trained in (None: the trial is its own Tune trial).
     """
 
     trial_id: str
@@ -88,6 +90,7 @@ class TrialRecord:
     rows: list[dict[str, Any]]
     error: str | None = None
     ended: bool = True
+    group_id: str | None = None
 
 
 @dataclass
@@ -113,8 +116,8 @@ def epoch_rows(record: TrialRecord) -> list[dict[str, Any]]:
             by_epoch[int(row["epoch"])] = row
     out = []
     for epoch in sorted(by_epoch):
-        row = {"trial_id": record.trial_id,
-               **{c: by_epoch[epoch].get(c) for c in EPOCH_COLUMNS[1:]}}
+        row = {"trial_id": record.trial_id, "group_id": record.group_id or record.trial_id,
+               **{c: by_epoch[epoch].get(c) for c in EPOCH_COLUMNS[2:]}}
         row["diverged"] = is_true(row["diverged"])
         if row["diverged"]:
             row.update(dict.fromkeys(MEASURED_COLUMNS, math.nan))
@@ -163,6 +166,7 @@ def trial_summary(record: TrialRecord, epochs: list[dict], ranking: Ranking = DE
     config = {k: v for k, v in record.config.items() if k != REPEAT_KEY}
     row = {
         "trial_id": record.trial_id,
+        "group_id": record.group_id or record.trial_id,
         "status": trial_status(record, epochs),
         **{f"{CONFIG_PREFIX}{k}": _parquet_safe(v) for k, v in sorted(config.items())},
         "best_epoch": best.get("epoch"),
@@ -298,6 +302,9 @@ def read_table(path: Path | ObjectPath, required: Iterable[str]) -> pd.DataFrame
         raise UserError(f"{path} cannot be read as parquet ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); restore it "
                         "from a backup, or rerun the search") from None
+    required = list(required)
+    if "group_id" in required and "group_id" not in table.columns and "trial_id" in table:
+        table["group_id"] = table["trial_id"]  # a run from before fusion: one trial per group
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise UserError(f"{path} lacks the column(s) {missing} of the tune_hw schema: it was "
@@ -307,7 +314,7 @@ def read_table(path: Path | ObjectPath, required: Iterable[str]) -> pd.DataFrame
 
 def _trial_columns(trials: list[dict]) -> list[str]:
     config_keys = sorted({k for t in trials for k in t if k.startswith(CONFIG_PREFIX)})
-    return ["trial_id", "status", *config_keys, *TRIAL_SUMMARY_COLUMNS]
+    return ["trial_id", "group_id", "status", *config_keys, *TRIAL_SUMMARY_COLUMNS]
 
 
 def _refuse_shrinking(path: Path | ObjectPath, n_new: int) -> None:

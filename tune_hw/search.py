@@ -9,6 +9,8 @@
     python -m tune_hw.search lr_batch --name r1 --resume       # continue an interrupted run
     python -m tune_hw.search lr_batch --name r1 --resume --num-samples 80   # grow a run
     python -m tune_hw.search lr_batch --storage-path s3://bucket/runs      # object storage
+    python -m tune_hw.search lr_batch --set search.algorithm=random --set scheduler.name=fifo \
+        --fuse auto                                            # fused groups of member trials
 
 The run lands in <storage-path>/<study>/<run-name>/: trials.parquet, epochs.parquet,
 grads.parquet (gradient tracking only), study.yaml, optuna.db (for optuna-dashboard) and
@@ -70,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override resources.gpu; fractions share a GPU (0.25: 4 trials)")
     parser.add_argument("--max-failures", type=int,
                         help="override failure.max_failures: retries of a crashed trial")
+    parser.add_argument("--fuse", help="override search.fuse: auto, off, or the largest group "
+                        "of member trials trained as one (e.g. 16)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run --name (same study and options; a larger "
                         "--num-samples grows it)")
@@ -106,6 +110,8 @@ def parse_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["failure.max_failures"] = args.max_failures
     if args.mlflow is not None:
         overrides["log.mlflow"] = args.mlflow
+    if args.fuse is not None:  # a number is a group size; the study checks every value
+        overrides["search.fuse"] = int(args.fuse) if args.fuse.isdigit() else args.fuse
     return overrides
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tune_hw import data, mlflow_store, models, strict_yaml
+from tune_hw import data, grouping, mlflow_store, models, strict_yaml
 from tune_hw.claims import Claim, parse_claims
 from tune_hw.distributions import LOWER_LIMITS, Distribution
 from tune_hw.errors import StudyError, UserError
@@ -23,7 +23,8 @@ SECTIONS = ("dataset", "model", "train")
 TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
             "quick", "claims", "log"}
 SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": Ranking.metric,
-                   "mode": Ranking.mode, "max_concurrent": 0, "repeats": 1}
+                   "mode": Ranking.mode, "max_concurrent": 0, "repeats": 1,
+                   "fuse": None}  # None: "off" (grouping.parse_fuse checks the value)
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1.0, "gpu": 0.0}  # floats: fractions share a GPU (gpu: 0.25)
 FAILURE_DEFAULTS = {"max_failures": 2}
@@ -300,6 +301,20 @@ def _check_search(study: Study, where: str) -> None:
         raise StudyError(f"{where}: resources need cpu > 0 and gpu >= 0, got {resources}")
     if study.failure["max_failures"] < 0:
         raise StudyError(f"{where}: failure.max_failures must be >= 0")
+    _check_fuse(study, where)
+
+
+def _check_fuse(study: Study, where: str) -> None:
+    """search.fuse: auto, off or a group size K."""
+    search = study.search
+    try:
+        search["fuse"] = grouping.parse_fuse("off" if search["fuse"] is None else search["fuse"])
+    except ValueError as exc:
+        raise StudyError(f"{where}: {exc}") from None
+    if search["fuse"] != "off" and search["repeats"] > 1:  # the two landed apart; not joined yet
+        raise StudyError(f"{where}: search.fuse {search['fuse']!r} with search.repeats "
+                         f"{search['repeats']} is not supported yet: set search.fuse: off (or "
+                         "--fuse off) to run the repeats, or search.repeats: 1 to fuse")
 
 
 def _parse_space(study: Study, where: str) -> dict[str, Distribution]:

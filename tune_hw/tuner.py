@@ -13,7 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_hw import cluster, layout, ray_trial, resumable, tracking
+from tune_hw import cluster, fused_search, group_trial, layout, ray_trial, resumable, tracking
 from tune_hw.distributions import Distribution
 from tune_hw.results import REPEAT_KEY
 from tune_hw.storage import ObjectPath
@@ -81,21 +81,35 @@ def max_epochs(study: Study) -> int:
 
 
 def make_scheduler(study: Study) -> Any:
-    """ASHA on the reported epoch (it survives restores), or FIFO."""
-    if study.scheduler["name"] == "fifo":
+    """ASHA on the reported epoch (it survives restores), or FIFO (also for fused groups,
+    whose members ASHA judges one by one: fused_search.start_board)."""
+    if study.scheduler["name"] == "fifo" or study.search["fuse"] != "off":
         return FIFOScheduler()
     return ASHAScheduler(time_attr="epoch", max_t=max_epochs(study),
                          grace_period=study.scheduler["grace_period"],
                          reduction_factor=study.scheduler["reduction_factor"])
 
 
+def search_inputs(study: Study) -> tuple[dict[str, Any], int, Any]:
+    """(param space, num_samples, search algorithm): one trial per config, or with
+    search.fuse auto or K one trial per group of member configs (fused_search)."""
+    if study.search["fuse"] == "off":
+        return param_space(study), num_samples(study), make_search_alg(study)
+    return fused_search.group_search(study, param_space(study))
+
+
 def make_trainable(study: Study, run_dir: Path | ObjectPath, trainable: Callable | None = None
                    ) -> Any:
-    """The Tune trainable with the study's per-trial resources; tune_trainable also gets the
-    run directory (where each trial keeps its states) and the study's ranking."""
-    if trainable is None:
+    """The Tune trainable with the study's per-trial resources; tune_trainable (or a fused
+    study's group_trainable) also gets the run directory (where each trial keeps its states)
+    and the study's ranking."""
+    if trainable is None and study.search["fuse"] == "off":
         trainable = tune.with_parameters(ray_trial.tune_trainable, run_dir=str(run_dir),
                                          ranking=study.ranking)
+    elif trainable is None:
+        board = fused_search.start_board(study, run_dir, max_epochs(study))
+        trainable = tune.with_parameters(group_trial.group_trainable, run_dir=str(run_dir),
+                                         ranking=study.ranking, board=board)
     return tune.with_resources(trainable,
                                {"cpu": study.resources["cpu"], "gpu": study.resources["gpu"]})
 
@@ -111,12 +125,13 @@ def build_tuner(study: Study, storage: Path | ObjectPath, run_name: str,
     never forces experiment snapshots; it takes them on its own schedule (about 5 % of time).
     """
     search = study.search
+    space, samples, search_alg = search_inputs(study)
     return tune.Tuner(
         make_trainable(study, storage / study.name / run_name, trainable),
-        param_space=param_space(study),
+        param_space=space,
         tune_config=tune.TuneConfig(
-            metric=search["metric"], mode=search["mode"], num_samples=num_samples(study),
-            search_alg=make_search_alg(study), scheduler=make_scheduler(study),
+            metric=search["metric"], mode=search["mode"], num_samples=samples,
+            search_alg=search_alg, scheduler=make_scheduler(study),
             reuse_actors=True, trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
@@ -140,7 +155,7 @@ def restore_tuner(study: Study, run_dir: Path | ObjectPath, trainable: Callable 
     resumable.follow(str(run_dir.parent), run_dir.name, num_samples(study))
     tuner = tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
                                resume_unfinished=True, resume_errored=False,
-                               restart_errored=False, param_space=param_space(study))
+                               restart_errored=False, param_space=search_inputs(study)[0])
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks = [*tracking.callbacks(study, run_dir), *callbacks]
     run_config.verbose = verbose

@@ -1,0 +1,61 @@
+"""A fused study's driver killed by SIGKILL resumes with no member lost or repeated (real Ray,
+stopped by PID, as tests/test_reliability.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pandas as pd
+from conftest import run_cli
+from test_reliability import (  # noqa: F401 (ray_tmp is a fixture)
+    SLOW_TRIALS,
+    kill_pids,
+    ray_pids_under,
+    ray_tmp,
+    reported_epochs,
+    start_search,
+    wait_for,
+)
+
+from tune_hw import ray_files
+
+
+def group_epochs(run_dir) -> dict[str, list[int]]:
+    """Each group's epochs as its rows file holds them."""
+    return {path.parent.name.removeprefix("trial_"):
+            [row["epoch"] for row in ray_files.read_json_lines(path)]
+            for path in run_dir.glob("trial_*/rows.jsonl")}
+
+
+def test_a_sigkilled_fused_search_resumes_every_member(tmp_path, ray_tmp):  # noqa: F811
+    args = ["lr_batch", *SLOW_TRIALS, "--set", "search.num_samples=6", "--fuse", "2",
+            "--storage-path", str(tmp_path), "--name", "k1"]
+    run_dir = tmp_path / "lr_batch" / "k1"
+    proc = start_search(args, ray_tmp)
+
+    def one_finished_one_started():  # finished in Ray's lagging copy: its state is saved
+        done = {g for g, e in reported_epochs(run_dir).items() if e and e[-1] == 6}
+        return done if done and len(group_epochs(run_dir)) >= 2 else None
+
+    finished = wait_for(one_finished_one_started, 300, "a finished group", proc)
+    before, written = reported_epochs(run_dir), group_epochs(run_dir)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kill_pids(ray_pids_under(ray_tmp))
+
+    resumed = run_cli("tune_hw.search", *args, "--resume", env={"RAY_TMPDIR": ray_tmp})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert len(trials) == 6 and trials.trial_id.is_unique and trials.group_id.nunique() == 3
+    assert set(trials.status) == {"completed"}
+    after = reported_epochs(run_dir)
+    for group_id in finished:  # a finished group trained no epoch again
+        assert group_epochs(run_dir)[group_id] == written[group_id] == list(range(1, 7))
+    for group_id, seen in after.items():  # Ray's copy: at most the last epoch re-reported
+        assert seen.count(1) == 1  # no group restarted from scratch
+        new = seen[len(before.get(group_id, [])):]
+        assert new == sorted(new)
+    for trial_id in trials.trial_id:  # every member: epochs 1..6, no gap, no repeat
+        assert epochs[epochs.trial_id == trial_id].epoch.tolist() == list(range(1, 7))

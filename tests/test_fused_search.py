@@ -1,0 +1,261 @@
+"""Fused studies in Ray Tune: member configs cut into groups, a group as one Tune trial, its
+results expanded into one row per member (ray_files.member_rows), the same numbers as unfused."""
+
+from __future__ import annotations
+
+import math
+import random
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
+
+from tune_hw import grouping, ray_files, results
+from tune_hw.errors import UserError
+from tune_hw.group_searcher import GroupSearcher
+from tune_hw.rungs import RungBoard
+from tune_hw.studies import load_study
+
+MLP = {"dataset.name": "countries", "model.name": "mlp", "model.width": 64, "train.epochs": 2,
+       "train.seed": 0}
+
+
+def config(**train):
+    return {**MLP, **{f"train.{k}": v for k, v in train.items()}}
+
+
+@pytest.mark.parametrize("value, parsed", [("auto", "auto"), ("off", "off"), (False, "off"),
+                                           (16, 16), (1, 1)])
+def test_fuse_values(value, parsed):
+    assert grouping.parse_fuse(value) == parsed
+
+
+@pytest.mark.parametrize("value", ["on", 0, -3, 2.5, True, "16"])
+def test_bad_fuse_values_are_refused(value):
+    with pytest.raises(ValueError, match="use auto, off or a group size"):
+        grouping.parse_fuse(value)
+
+
+def test_fused_repeats_are_refused_until_they_are_joined():
+    with pytest.raises(UserError, match="with search.repeats 2 is not supported yet"):
+        load_study("lr_batch", quick=True, overrides={
+            "search.fuse": "auto", "search.repeats": 2})
+    assert load_study("lr_batch", quick=True, overrides={
+        "search.fuse": "off", "search.repeats": 2}).search["repeats"] == 2
+
+
+def test_groups_share_a_structure_and_respect_the_size():
+    configs = [config(lr=0.1 * (i + 1), batch_size=16 if i % 3 else 128) for i in range(9)]
+    groups = grouping.make_groups(configs, 2)
+    assert sorted(i for g in groups for i in g) == list(range(9))
+    for group in groups:
+        assert len(group) <= 2
+        assert len({configs[i]["train.batch_size"] for i in group}) == 1
+    assert sorted(grouping.make_groups(configs, "off")) == [[i] for i in range(9)]
+    # auto: what fusion pays; at batch 1024 it does not, resnet18 never fuses
+    assert grouping.make_groups([config(lr=0.1, batch_size=16)] * 5, "auto") == [[0, 1, 2, 3, 4]]
+    assert grouping.make_groups([config(lr=0.1, batch_size=1024)] * 3, "auto") == [[0], [1], [2]]
+    resnet = [{**config(lr=0.1, batch_size=16), "model.name": "resnet18"}] * 2
+    assert grouping.make_groups(resnet, 8) == [[0], [1]]
+
+
+def test_there_are_never_fewer_groups_than_slots():
+    configs = [config(lr=0.01 * (i + 1), batch_size=16) for i in range(7)]
+    assert grouping.make_groups(configs, "auto", slots=1) == [list(range(7))]
+    groups = grouping.make_groups(configs, "auto", slots=3)
+    assert len(groups) == 3 and sorted(map(len, groups)) == [2, 2, 3]
+    assert len(grouping.make_groups(configs[:2], "auto", slots=4)) == 2  # one member a group
+
+
+def test_member_rows_expand_a_group_result():
+    members = [config(lr=0.1, batch_size=16), config(lr=0.2, batch_size=16)]
+    group = {"group": {"members": members}}
+    result = {"epoch": 2, "val_acc": 0.9, "time_total_s": 7.0, "config": group,
+              "members": {"g1-m01": {"epoch": 2, "val_acc": 0.5, "member_status": "completed"}}}
+    [(trial_id, flat, row)] = ray_files.member_rows("g1", group, result)
+    assert trial_id == "g1-m01" and flat == members[1]
+    assert row == {"epoch": 2, "val_acc": 0.5, "member_status": "completed", "time_total_s": 7.0}
+    error = {"val_acc": 0.0, "error": "UserError: bad"}  # no "members": it stands for all
+    assert [m for m, _, _ in ray_files.member_rows("g1", group, error)] == ["g1-m00", "g1-m01"]
+    plain = {"train": {"lr": 0.1}, "model.name": "mlp"}  # an unfused trial: itself, flattened
+    assert ray_files.member_rows("t1", plain, {"epoch": 1}) == [
+        ("t1", {"train.lr": 0.1, "model.name": "mlp"}, {"epoch": 1})]
+
+
+def test_fuse_is_read_from_the_study_and_off_by_default():
+    study = load_study("lr_batch", quick=True, overrides={"search.fuse": 4})
+    assert study.search["fuse"] == 4
+    assert load_study("lr_batch").search["fuse"] == "off"
+
+
+def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member():
+    study = load_study("lr_batch", overrides={"search.fuse": "auto", "search.num_samples": 12})
+    searcher = GroupSearcher(study, slots=2)
+    groups = []
+    while (suggested := searcher.suggest(f"t{len(groups)}")) != Searcher.FINISHED:
+        groups.append(suggested["group"]["members"])
+    assert sum(map(len, groups)) == 12 and len(groups) >= 2
+    assert max(map(len, groups)) <= 6  # 12 members, 2 slots: never fewer groups than slots
+    assert any(len(members) > 1 for members in groups)
+    for members in groups:
+        assert len({m["train.batch_size"] for m in members}) == 1
+        assert len({m["train.lr"] for m in members}) == len(members)
+        assert all(m["model.width"] == 64 for m in members)  # the fixed values come along
+    first = groups[0]
+    values = {f"t0-m{k:02d}": 0.1 + 0.1 * k for k in range(len(first))}
+    searcher.on_trial_result("t0", {"members": {m: {"val_acc": 0.05, "epoch": 1,
+                                                    "member_status": "running"}
+                                                for m in values}})
+    searcher.on_trial_complete("t0", {"members": {m: {"val_acc": v, "epoch": 2,
+                                                      "member_status": "completed"}
+                                                  for m, v in values.items()}})
+    told = {t.params["train.lr"]: t.value for t in searcher.ot.trials
+            if t.state == TrialState.COMPLETE}
+    assert told == {m["train.lr"]: pytest.approx(v) for m, v in zip(first, values.values(), strict=True)}
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_the_rung_board_decides_as_rays_asha(mode):
+    """The same results in the same order: the board stops exactly the trials ASHA stops."""
+    asha = ASHAScheduler(time_attr="epoch", metric="val_acc", mode=mode, max_t=20,
+                         grace_period=2, reduction_factor=3)
+    board = RungBoard(max_t=20, grace_period=2, reduction_factor=3, mode=mode)
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(40)]
+    for trial in trials:
+        asha.on_trial_add(None, trial)
+    rng, live, stopped_early = random.Random(0), list(trials), 0
+    for epoch in range(1, 21):
+        for trial in list(live):
+            value = rng.random() + (0.02 * epoch if mode == "max" else -0.02 * epoch)
+            theirs = asha.on_trial_result(None, trial, {"epoch": epoch, "val_acc": value})
+            assert board.on_result(trial.trial_id, epoch, value) == (theirs == "STOP")
+            if theirs == "STOP":
+                live.remove(trial)
+                stopped_early += epoch < 20
+    assert 0 < stopped_early < 40 and not live
+    replayed = RungBoard(max_t=20, grace_period=2, reduction_factor=3, mode=mode)
+    replayed.replay([(key, milestone, value) for milestone, rung in board.rungs
+                     for key, value in rung.items()] if mode == "max" else
+                    [(key, milestone, -value) for milestone, rung in board.rungs
+                     for key, value in rung.items()])
+    assert replayed.rungs == board.rungs  # a resumed search's board holds the same rungs
+
+
+def test_a_bad_fuse_is_one_line_and_exit_2(cli, tmp_path):
+    proc = cli("tune_hw.search", "lr_batch", "--fuse", "sometimes", "--storage-path",
+               str(tmp_path))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert "search.fuse is 'sometimes': use auto, off or a group size" in line
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+# ------------------------------------------------------------------ a fused study end to end
+STUDY = ["lr_batch", "--quick", "--set", "search.algorithm=random", "--set",
+         "scheduler.name=fifo", "--set", "space.train.batch_size={choice: [16, 128]}",
+         "--set", "space.train.lr={loguniform: [0.001, 100.0]}", "--num-samples", "8"]
+
+
+@pytest.fixture(scope="module")
+def off_and_auto(tmp_path_factory):
+    """The same quick random study unfused and fused: (trials, epochs, run dir) of each."""
+    storage = tmp_path_factory.mktemp("runs")
+    out = {}
+    for fuse in ("off", "auto"):
+        proc = run_cli("tune_hw.search", *STUDY, "--fuse", fuse, "--storage-path",
+                       str(storage), "--name", fuse)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run = results.load_run(storage / "lr_batch" / fuse)
+        out[fuse] = run.trials, run.epochs, run.path
+    return out
+
+
+def by_config(trials):
+    return {(t["config/train.lr"], t["config/train.batch_size"]): t for _, t in trials.iterrows()}
+
+
+def test_a_fused_study_has_one_row_per_member_in_fewer_groups(off_and_auto):
+    trials, epochs, _ = off_and_auto["auto"]
+    assert len(trials) == 8 and trials.trial_id.is_unique
+    assert trials.group_id.nunique() < len(trials)
+    assert (trials.trial_id.str.rsplit("-m", n=1).str[0] == trials.group_id).all()
+    for _, group in trials.groupby("group_id"):  # one structure per group
+        assert group["config/train.batch_size"].nunique() == 1
+    assert set(epochs.trial_id) == set(trials.trial_id)
+    assert (epochs.group_id == epochs.trial_id.map(trials.set_index("trial_id").group_id)).all()
+    off_trials, off_epochs, _ = off_and_auto["off"]
+    assert (off_trials.group_id == off_trials.trial_id).all()  # unfused: a group of itself
+
+
+def test_fused_members_train_the_unfused_configs_to_the_same_numbers(off_and_auto):
+    (off, off_epochs, _), (auto, auto_epochs, _) = off_and_auto["off"], off_and_auto["auto"]
+    off_by, auto_by = by_config(off), by_config(auto)
+    assert off_by.keys() == auto_by.keys() and len(off_by) == 8  # Tune's own variants
+    for key, unfused in off_by.items():
+        member = auto_by[key]
+        assert member.status == unfused.status and member.final_epoch == unfused.final_epoch
+        mine = auto_epochs[auto_epochs.trial_id == member.trial_id].reset_index()
+        theirs = off_epochs[off_epochs.trial_id == unfused.trial_id].reset_index()
+        assert mine.epoch.tolist() == theirs.epoch.tolist()
+        assert mine.diverged.tolist() == theirs.diverged.tolist()
+        first, first_off = mine.train_loss[0], theirs.train_loss[0]
+        if not math.isnan(first_off):
+            assert first == pytest.approx(first_off, rel=1e-4)
+        healthy = ~theirs.diverged
+        assert ((mine.val_acc[healthy] - theirs.val_acc[healthy]).abs() <= 0.01).all()
+
+
+def test_a_diverged_member_leaves_while_its_group_goes_on(off_and_auto):
+    trials, epochs, run_dir = off_and_auto["auto"]
+    mixed = [g for _, g in trials.groupby("group_id")
+             if {"diverged", "completed"} <= set(g.status)]
+    assert mixed, trials[["trial_id", "status", "config/train.lr"]]
+    group = mixed[0]
+    diverged = group[group.status == "diverged"].iloc[0]
+    # the diverged member's rows end where it diverged; later group results omit it
+    rows = ray_files.read_json_lines(run_dir / f"trial_{diverged.group_id}" / "rows.jsonl")
+    present = [diverged.trial_id in row["members"] for row in rows]
+    assert present == [e <= diverged.final_epoch for e in range(1, len(rows) + 1)]
+    assert rows[diverged.final_epoch - 1]["members"][diverged.trial_id]["member_status"] \
+        == "diverged"
+    assert pd.isna(diverged.best_val_acc) or diverged.final_epoch < 2
+
+
+def test_asha_stops_a_member_while_its_group_goes_on(tmp_path, cli):
+    proc = cli("tune_hw.search", "lr_batch", "--quick", "--set", "search.algorithm=random",
+               "--set", "space.train.batch_size={choice: [16]}", "--set", "train.epochs=4",
+               "--set", "space.train.lr={loguniform: [0.0001, 0.3]}", "--set",
+               "scheduler.grace_period=1", "--set", "scheduler.reduction_factor=2",
+               "--num-samples", "6", "--fuse", "auto", "--storage-path", str(tmp_path),
+               "--name", "asha")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "lr_batch" / "asha"
+    trials = results.load_run(run_dir).trials
+    assert len(trials) == 6 and trials.group_id.nunique() == 2  # two trial slots here
+    stopped = trials[trials.status == "early_stopped"]
+    assert len(stopped) and (trials.status == "completed").any()
+    inside = [m for _, m in stopped.iterrows()
+              if (trials[trials.group_id == m.group_id].final_epoch > m.final_epoch).any()]
+    assert inside, trials[["trial_id", "status", "final_epoch"]]
+    member = inside[0]
+    rows = ray_files.read_json_lines(run_dir / f"trial_{member.group_id}" / "rows.jsonl")
+    assert rows[member.final_epoch - 1]["members"][member.trial_id]["member_status"] \
+        == "early_stopped"
+    assert all(member.trial_id not in row["members"] for row in rows[member.final_epoch:])
+
+
+def test_an_optuna_asha_study_fuses_its_members(tmp_path, cli):
+    proc = cli("tune_hw.search", "lr_batch", "--quick", "--set",
+               "space.train.batch_size={choice: [16, 128]}", "--num-samples", "6", "--fuse",
+               "auto", "--storage-path", str(tmp_path), "--name", "tpe")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = results.load_run(tmp_path / "lr_batch" / "tpe").trials
+    assert len(trials) == 6 and trials.trial_id.is_unique
+    assert trials.group_id.nunique() < len(trials)
+    assert set(trials.status) <= {"completed", "early_stopped", "diverged"}
+    for _, group in trials.groupby("group_id"):
+        assert group["config/train.batch_size"].nunique() == 1

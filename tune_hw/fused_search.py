@@ -1,0 +1,88 @@
+"""The search of a fused study (`search.fuse` auto or K): the member configs Tune's own
+random/grid generator would give the unfused study, cut into groups (`grouping`), or with
+Optuna the groups a `group_searcher.GroupSearcher` proposes; each group one Tune trial of
+`group_trial.group_trainable`. Under ASHA, Tune's scheduler is FIFO and the
+members are judged by a `rungs.RungBoard` in a named actor of the driver (`start_board`),
+which every group asks after each epoch.
+
+The member configs are drawn exactly as `BasicVariantGenerator(random_state=seed)` draws
+today's trials (Ray's `generate_variants`, `num_samples` times, one seeded generator), so a
+fused study trains the very configs its unfused run would. `num_samples` counts member trials.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+from ray.tune.search.variant_generator import generate_variants
+
+from tune_hw import cluster, grouping, ray_files
+from tune_hw.group_searcher import GroupSearcher
+from tune_hw.ray_files import GROUP_KEY, MEMBERS_KEY
+from tune_hw.rungs import RungBoard
+from tune_hw.studies import Study
+
+
+def member_configs(study: Study, space: dict[str, Any]) -> list[dict[str, Any]]:
+    """The flat configs of the unfused study's trials, in Tune's order, from its param space."""
+    rng = _BackwardsCompatibleNumpyRng(study.train["seed"])
+    configs = []
+    for _ in range(study.search["num_samples"]):
+        for _, spec in generate_variants({"config": space}, constant_grid_search=False,
+                                         random_state=rng):
+            configs.append(spec["config"])
+    return configs
+
+
+def group_configs(study: Study, space: dict[str, Any], slots: int) -> list[dict[str, Any]]:
+    """One Tune config per group: {"group": {"members": [flat member configs]}}."""
+    configs = member_configs(study, space)
+    device = "cuda" if study.resources["gpu"] > 0 else "cpu"
+    groups = grouping.make_groups(configs, study.search["fuse"], slots, device)
+    return [{MEMBERS_KEY: [configs[i] for i in group]} for group in groups]
+
+
+def group_search(study: Study, space: dict[str, Any]) -> tuple[dict[str, Any], int, Any]:
+    """(param space, num_samples, search algorithm) of the Tuner of a fused study: a grid
+    over the groups, each group one trial, at most `max_concurrent` running; with Optuna, a
+    GroupSearcher that proposes each group (at most num_samples of them) when it starts."""
+    slots = cluster.concurrent_slots(study.resources)
+    if study.search["algorithm"] == "optuna":
+        limit = study.search["max_concurrent"] or max(1, slots)
+        searcher = ConcurrencyLimiter(GroupSearcher(study, slots), max_concurrent=limit)
+        return {}, study.search["num_samples"], searcher
+    groups = group_configs(study, space, max(1, slots))
+    searcher = BasicVariantGenerator(max_concurrent=study.search["max_concurrent"])
+    return {GROUP_KEY: tune.grid_search(groups)}, 1, searcher
+
+
+BoardActor = ray.remote(num_cpus=0)(RungBoard)
+_BOARDS: list[Any] = []  # the driver holds its board for the whole search
+
+
+def start_board(study: Study, run_dir: Path, max_t: int) -> str | None:
+    """The name of the run's RungBoard actor, started with the member results already stored
+    (a resumed search), or None when the study's scheduler is FIFO."""
+    if study.scheduler["name"] != "asha":
+        return None
+    name = f"tune_hw_board:{run_dir}"
+    board = BoardActor.options(name=name).remote(
+        max_t, study.scheduler["grace_period"], study.scheduler["reduction_factor"],
+        study.search["mode"])
+    ray.get(board.replay.remote(stored_results(run_dir, study.search["metric"])))
+    _BOARDS.append(board)
+    return name
+
+
+def stored_results(run_dir: Path, metric: str) -> list[tuple[str, int, float]]:
+    """(member trial id, epoch, metric value) of every result a run already holds."""
+    if not run_dir.is_dir():
+        return []
+    return [(record.trial_id, row["epoch"], row[metric])
+            for record in ray_files.read_ray_trials(run_dir) for row in record.rows
+            if isinstance(row.get("epoch"), int) and isinstance(row.get(metric), (int, float))]

@@ -1,0 +1,62 @@
+"""Which member trials train together: configs of one structure (`fused.structure_key`) cut
+into groups no larger than fusion pays (`search.fuse`), and never fewer groups than the
+cluster has trial slots, so fusion does not idle a node.
+
+    fuse = parse_fuse("auto")                       # "off" | "auto" | an int K >= 1
+    groups = make_groups(configs, fuse, slots=4)    # [[0, 3, 5], [1], ...]: config indices
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tune_hw import fused, training
+
+FUSE_WORDS = ("auto", "off")
+
+
+def parse_fuse(value: Any) -> str | int:
+    """`search.fuse` as "auto", "off" or a group size K >= 1; ValueError says the rule.
+
+    YAML 1.1 reads a bare `off` as false, so false means "off" too.
+    """
+    if value is False:
+        return "off"
+    if isinstance(value, str) and value in FUSE_WORDS:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f"search.fuse is {value!r}: use auto, off or a group size (an int >= 1, "
+                     "e.g. fuse: 16)")
+
+
+def largest_group(config: dict[str, Any], fuse: str | int, device: str = "cpu") -> int:
+    """The most members `config`'s structure may put in one group: 1 where it never fuses
+    (resnet18, trees, or `auto` at a batch size where fusion loses)."""
+    _, hp, train = training.split_config(config)
+    if fuse == "off" or hp.get("name") not in fused.FUSABLE_MODELS:
+        return 1
+    if fuse == "auto":
+        return max(1, fused.fusion_pays(hp["name"], train["batch_size"], device))
+    return int(fuse)
+
+
+def make_groups(configs: Sequence[dict[str, Any]], fuse: str | int, slots: int = 1,
+                device: str = "cpu") -> list[list[int]]:
+    """Indices of `configs` per group: one structure per group, in first-seen order, each at
+    most `largest_group`; the largest groups split in halves until there are at least
+    min(slots, len(configs)) groups."""
+    buckets: dict[str, list[int]] = {}
+    for index, config in enumerate(configs):
+        buckets.setdefault(fused.structure_key(config), []).append(index)
+    groups = []
+    for members in buckets.values():
+        size = largest_group(configs[members[0]], fuse, device)
+        groups.extend(members[i:i + size] for i in range(0, len(members), size))
+    while len(groups) < min(slots, len(configs)):
+        largest = max(range(len(groups)), key=lambda g: len(groups[g]))
+        members = groups.pop(largest)
+        half = (len(members) + 1) // 2
+        groups[largest:largest] = [members[:half], members[half:]]
+    return groups

@@ -1,0 +1,56 @@
+"""ASHA's rule for member trials that train inside groups: a `RungBoard` judges each member
+as Ray's ASHAScheduler judges a trial (one bracket, `stop_last_trials`), across every group.
+
+Rungs sit at grace_period * reduction_factor**k epochs below max_t. A member's value is
+recorded at the first rung it reaches that it has no value at yet; it stops when that value
+falls below the (1 - 1/reduction_factor) percentile of the values already recorded there.
+Mode min negates values, as Ray does. A result at max_t stops (the member is done).
+
+    board = RungBoard(max_t=20, grace_period=2, reduction_factor=3, mode="max")
+    stopped = board.decide([("g0-m00", 2, 0.41), ("g0-m01", 2, 0.12)])   # ["g0-m01"] or []
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+
+class RungBoard:
+    """The rungs of one ASHA bracket, keyed by member trial id."""
+
+    def __init__(self, max_t: int, grace_period: int, reduction_factor: float, mode: str):
+        self.max_t, self.rf = max_t, reduction_factor
+        self.sign = 1.0 if mode == "max" else -1.0
+        count = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+        self.rungs: list[tuple[float, dict[str, float]]] = [
+            (grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]
+
+    def on_result(self, key: str, epoch: int, value: float) -> bool:
+        """Record a member's result; True when ASHA stops it here."""
+        if epoch >= self.max_t:
+            return True
+        reward = self.sign * value
+        for milestone, recorded in self.rungs:
+            if epoch < milestone or key in recorded:
+                continue
+            cutoff = self.cutoff(recorded)
+            recorded[key] = reward
+            return cutoff is not None and reward < cutoff
+        return False
+
+    def cutoff(self, recorded: dict[str, float]) -> float | None:
+        if not recorded:
+            return None
+        return float(np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100))
+
+    def decide(self, results: Iterable[tuple[str, int, float]]) -> list[str]:
+        """The members (of one group's epoch, in order) that ASHA stops before max_t."""
+        return [key for key, epoch, value in results
+                if self.on_result(key, epoch, value) and epoch < self.max_t]
+
+    def replay(self, results: Iterable[tuple[str, int, float]]) -> None:
+        """Rebuild the rungs from stored results (a resumed search), deciding nothing."""
+        for key, epoch, value in sorted(results, key=lambda r: r[1]):
+            self.on_result(key, epoch, value)
