@@ -9,12 +9,12 @@ import json
 import pandas as pd
 import pytest
 
-from tune_hw import reproduce, studies
+from tune_hw import layout, reproduce
 
 
 def test_every_shipped_study_runs_and_a_run_it_loads_comes_first():
     names = reproduce.study_names(None)
-    assert sorted(names) == sorted(p.stem for p in studies.STUDY_DIR.glob("*.yaml"))
+    assert sorted(names) == sorted(p.stem for p in layout.STUDY_DIR.glob("*.yaml"))
     assert names.index("pretrain") < names.index("transfer")
     assert reproduce.study_names("transfer, pretrain") == ["pretrain", "transfer"]
     assert reproduce.study_names("transfer") == ["transfer"]  # it makes its pretrain run

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tune_hw import models, pretrained, reproduce, results, search, studies
+from tune_hw import layout, models, pretrained, reproduce, results, search, studies
 
 STUDIES = ["architectures", "architectures_1d", "lr_extremes", "epochs", "normalization", "width_depth", "deep",
            "batch_size", "pretrain", "transfer"]
@@ -202,7 +202,7 @@ def test_reproduce_quick_indexes_every_study_with_its_verdicts(storage, tmp_path
                            str(tmp_path / "index"), "--bootstrap", "200"])
     assert code == 0
     index = json.loads((tmp_path / "index" / "summary.json").read_text())
-    shipped = sorted(p.stem for p in studies.STUDY_DIR.glob("*.yaml"))
+    shipped = sorted(p.stem for p in layout.STUDY_DIR.glob("*.yaml"))
     entries = {e["study"]: e for e in index["studies"]}
     assert sorted(entries) == shipped and index["profile"] == "quick"
     assert [e["study"] for e in index["studies"]].index("pretrain") < \

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tune_hw import metrics, training
-from tune_hw.results import EPOCH_COLUMNS
+from tune_hw.results import ASSIGNED_COLUMNS, EPOCH_COLUMNS
 
 
 def collect(config, state=None):
@@ -30,7 +30,7 @@ def test_reports_every_epoch_column_each_epoch_and_learns(tiny_countries):
     rows, states = collect({**tiny_countries, "train.epochs": 8})
     assert [r["epoch"] for r in rows] == list(range(1, 9))
     for row in rows:
-        assert set(EPOCH_COLUMNS) - {"trial_id"} <= set(row)
+        assert set(EPOCH_COLUMNS) - set(ASSIGNED_COLUMNS) <= set(row)
         assert row["steps"] == 16 and row["lr"] == 0.05 and not row["diverged"]
         assert row["step_loss_std"] > 0 and row["samples_per_s"] > 0
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]

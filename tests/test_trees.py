@@ -7,7 +7,7 @@ import pytest
 
 from tune_hw import models, training
 from tune_hw.errors import UserError
-from tune_hw.results import EPOCH_COLUMNS
+from tune_hw.results import ASSIGNED_COLUMNS, EPOCH_COLUMNS
 
 TREES = {"dataset.name": "digits", "dataset.classes": [5, 6, 7, 8, 9], "dataset.n_train": 100,
          "model.name": "hist_gradient_boosting", "model.max_iter": 30,
@@ -25,7 +25,7 @@ def test_trees_report_every_epoch_column_and_learn():
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["steps"] for r in rows] == [10, 10, 10]  # boosting rounds added per epoch
     for row in rows:
-        assert set(EPOCH_COLUMNS) - {"trial_id"} <= set(row)
+        assert set(EPOCH_COLUMNS) - set(ASSIGNED_COLUMNS) <= set(row)
         assert not row["diverged"] and row["lr"] == 0.1 and math.isnan(row["step_loss_std"])
         assert 0 <= row["val_acc"] <= 1 and row["val_loss"] > 0
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]

@@ -45,6 +45,8 @@ TRIAL_SUMMARY_COLUMNS = [
     "final_epoch", "final_val_acc", "final_test_acc", "wall_s", "node_id", "gpu_ids", "seed",
     "num_params", *SPLIT_SIZE_COLUMNS, *REPEAT_COLUMNS, "error",
 ]
+# set by the results from the Tune trial a row came from, never reported by the trial itself
+ASSIGNED_COLUMNS = ("trial_id", "group_id")
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
 # plus one config/<key> each
 TRIAL_COLUMNS = ["trial_id", "group_id", "status", *TRIAL_SUMMARY_COLUMNS]
@@ -61,16 +63,18 @@ REPEAT_KEY = "__trial_index__"
 # "str" text (may be missing), "Int64" a whole number that may be missing, "float64" (NaN is
 # written as null), "bool". A config/<key> column takes the type of its values (`value_dtype`).
 _FLOAT = "float64"
-EPOCH_DTYPES = {"trial_id": "str", "epoch": "int64", "steps": "Int64",
-                **dict.fromkeys(EPOCH_COLUMNS[3:-1], _FLOAT), "diverged": "bool"}
+EPOCH_DTYPES = {"trial_id": "str", "group_id": "str", "epoch": "int64", "steps": "Int64",
+                "diverged": "bool"}
+EPOCH_DTYPES.update({c: _FLOAT for c in EPOCH_COLUMNS if c not in EPOCH_DTYPES})
 TRIAL_DTYPES = {
-    "trial_id": "str", "status": "str",
+    "trial_id": "str", "group_id": "str", "status": "str",
     "best_epoch": _FLOAT,  # NaN when the trial had no healthy epoch (it diverged in its first)
     **dict.fromkeys(["best_val_acc", "val_loss_at_best", "train_acc_at_best",
                      "test_acc_at_best"], _FLOAT),
     "final_epoch": "int64", "final_val_acc": _FLOAT, "final_test_acc": _FLOAT, "wall_s": _FLOAT,
     "node_id": "str", "gpu_ids": "str", "seed": "Int64", "num_params": "Int64",
-    **dict.fromkeys(SPLIT_SIZE_COLUMNS, "Int64"), "error": "str",
+    **dict.fromkeys(SPLIT_SIZE_COLUMNS, "Int64"), "config_id": "str", "repeat": "Int64",
+    "error": "str",
 }
 GRAD_DTYPES = {"trial_id": "str", "epoch": "int64", "layer": "int64", "name": "str",
                "grad_norm": _FLOAT}

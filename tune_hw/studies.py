@@ -5,7 +5,6 @@ Every error names the file, the key, the rule, the value received and the fix.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +14,10 @@ from tune_hw import data, grouping, mlflow_store, models, strict_yaml
 from tune_hw.claims import Claim, parse_claims
 from tune_hw.distributions import LOWER_LIMITS, Distribution
 from tune_hw.errors import StudyError, UserError
-from tune_hw.layout import STUDY_DIR
 from tune_hw.ranking import VALIDATION_METRICS, Ranking
+from tune_hw.study_files import SECTIONS, TOP_KEYS, apply_overrides, read_yaml, study_path
 from tune_hw.training import OPTIMIZERS, TRAIN_DEFAULTS
 
-SECTIONS = ("dataset", "model", "train")
-TOP_KEYS = {"description", *SECTIONS, "space", "search", "scheduler", "resources", "failure",
-            "quick", "claims", "log"}
 SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": Ranking.metric,
                    "mode": Ranking.mode, "max_concurrent": 0, "repeats": 1,
                    "fuse": None}  # None: "off" (grouping.parse_fuse checks the value)
@@ -81,55 +77,6 @@ class Study:
                 "search": self.search, "scheduler": self.scheduler,
                 "resources": self.resources, "failure": self.failure,
                 **({"claims": self.raw_claims} if self.raw_claims else {}), **self.extra}
-
-
-def study_path(name_or_path: str) -> Path:
-    """`lr_batch` -> search_spaces/lr_batch.yaml; a path is taken as is."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise UserError(f"study file {path} does not exist")
-        return path
-    path = STUDY_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in STUDY_DIR.glob("*.yaml"))
-        raise UserError(f"unknown study {name_or_path!r}: use one of {known} or a path to a "
-                        "YAML file")
-    return path
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a study file with the strict loader; every problem is one line naming the file."""
-    try:
-        raw = strict_yaml.read(path)
-    except UserError as exc:
-        raise StudyError(str(exc)) from None
-    if not isinstance(raw, dict):
-        raise StudyError(f"{path}: a study file must be a mapping of keys, got "
-                         f"{type(raw).__name__}")
-    return raw
-
-
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], path: Path) -> dict:
-    """Set dotted keys (`train.epochs`, `search.num_samples`, `num_samples`) in a raw study."""
-    raw = copy.deepcopy(raw)
-    for key, value in overrides.items():
-        key = "search.num_samples" if key == "num_samples" else key
-        section, _, name = key.partition(".")
-        settable = TOP_KEYS - {"description", "quick", "claims"}
-        if section not in settable or not name:
-            raise StudyError(f"{path}: cannot set {key!r}: use section.key with a section of "
-                             f"{sorted(settable)}")
-        if section == "space":
-            raw.setdefault("space", {})[name] = value
-        else:
-            target = raw.setdefault(section, {})
-            if not isinstance(target, dict):
-                raise StudyError(f"{path}: {section} must be a mapping")
-            target[name] = value
-            if section != "search":  # a fixed value replaces a search over the same key
-                (raw.get("space") or {}).pop(key, None)
-    return raw
 
 
 def load_study(name_or_path: str, quick: bool = False,
