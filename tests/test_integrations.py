@@ -268,3 +268,36 @@ def test_a_searched_section_is_one_categorical_optuna_parameter():
     config = {"model.name": "cnn", "model.kernel_size": 3, "train.lr": 0.1}
     assert optuna_params({"model": dist}, config) == {"model": "{'name': 'cnn', 'kernel_size': 3}"}
     optuna.distributions.check_distribution_compatibility(dist.to_optuna(), dist.to_optuna())
+
+
+class RecordingStore:
+    """A store that keeps what it was told (the callback's contract: open, report, finish)."""
+
+    def __init__(self):
+        self.finished = []
+
+    def open(self):
+        pass
+
+    def report(self, member_id, config, epoch):
+        pass
+
+    def finish(self, member_id, config, summary):
+        self.finished.append(member_id)
+
+
+def test_a_group_that_ends_finishes_every_member_also_those_that_left(tmp_path):
+    # a fused group's last result holds only the members still in it; ASHA stopped m00 before
+    from types import SimpleNamespace
+
+    from tune_hw import ray_files
+    from tune_hw.ranking import Ranking
+    from tune_hw.tracking import StoreCallback
+
+    members = [{"train.lr": 0.1, "train.epochs": 2}, {"train.lr": 0.01, "train.epochs": 2}]
+    group = SimpleNamespace(trial_id="g1", config={ray_files.GROUP_KEY: {
+        ray_files.MEMBERS_KEY: members}}, last_result={ray_files.MEMBERS_KEY: {
+            "g1-m01": {"epoch": 2, "val_acc": 0.5, "diverged": False}}})
+    store = RecordingStore()
+    StoreCallback(store, tmp_path, Ranking()).on_trial_complete(0, [], group)
+    assert sorted(store.finished) == ["g1-m00", "g1-m01"]

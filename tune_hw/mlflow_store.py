@@ -18,10 +18,9 @@ from urllib.parse import urlparse
 
 from tune_hw.errors import UserError
 from tune_hw.ranking import finite, is_true
-from tune_hw.results import EPOCH_COLUMNS, FINAL_STATUSES
+from tune_hw.results import FINAL_STATUSES, METRIC_COLUMNS
 
 SCHEMES = ("sqlite", "http", "https", "file", "databricks")
-METRIC_COLUMNS = EPOCH_COLUMNS[2:]  # every column of an epoch row but trial_id and epoch
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 
 

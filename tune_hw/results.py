@@ -47,6 +47,8 @@ TRIAL_SUMMARY_COLUMNS = [
 ]
 # set by the results from the Tune trial a row came from, never reported by the trial itself
 ASSIGNED_COLUMNS = ("trial_id", "group_id")
+REPORTED_COLUMNS = [c for c in EPOCH_COLUMNS if c not in ASSIGNED_COLUMNS]  # epoch, metrics
+METRIC_COLUMNS = [c for c in REPORTED_COLUMNS if c != "epoch"]  # what trackers log by epoch
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
 # plus one config/<key> each
 TRIAL_COLUMNS = ["trial_id", "group_id", "status", *TRIAL_SUMMARY_COLUMNS]
@@ -121,7 +123,7 @@ def epoch_rows(record: TrialRecord) -> list[dict[str, Any]]:
     out = []
     for epoch in sorted(by_epoch):
         row = {"trial_id": record.trial_id, "group_id": record.group_id or record.trial_id,
-               **{c: by_epoch[epoch].get(c) for c in EPOCH_COLUMNS[2:]}}
+               **{c: by_epoch[epoch].get(c) for c in REPORTED_COLUMNS}}
         row["diverged"] = is_true(row["diverged"])
         if row["diverged"]:
             row.update(dict.fromkeys(MEASURED_COLUMNS, math.nan))

@@ -22,7 +22,7 @@ from tune_hw import layout, optuna_store, ray_files, results
 from tune_hw.mlflow_store import MlflowStore
 from tune_hw.optuna_store import OptunaStore
 from tune_hw.ranking import Ranking, finite
-from tune_hw.results import EPOCH_COLUMNS, TrialRecord
+from tune_hw.results import METRIC_COLUMNS, TrialRecord
 from tune_hw.storage import ObjectPath
 from tune_hw.studies import Study
 
@@ -75,7 +75,7 @@ class StoreCallback(Callback):
         for row in on_disk:
             for member_id, _, member_row in members(trial, row):
                 expanded[member_id].append(member_row)
-        for member_id, config, _ in members(trial, trial.last_result or {}):
+        for member_id, config, _ in members(trial, {}):  # {}: every member, also those that left
             seen = self._rows.pop(member_id, [])
             rows = expanded[member_id] if len(expanded[member_id]) >= len(seen) else seen
             record = TrialRecord(member_id, config, rows, error=error, ended=True)
@@ -108,14 +108,14 @@ class EpochTensorBoard(TBXLoggerCallback):
             if epoch is None:
                 continue
             writer = self._writer(member_id)
-            for key in EPOCH_COLUMNS[2:]:
+            for key in METRIC_COLUMNS:
                 value = float(epoch[key]) if finite(epoch[key]) or key == "diverged" else math.nan
                 if not math.isnan(value):
                     writer.add_scalar(key, value, global_step=int(epoch["epoch"]))
             writer.flush()
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
-        for member_id, _, _ in members(trial, trial.last_result or {}):
+        for member_id, _, _ in members(trial, {}):  # {}: every member, also those that left
             writer = self._writers.pop(member_id, None)
             if writer is not None:
                 writer.close()
