@@ -137,6 +137,10 @@ def test_a_resume_may_raise_num_samples_only():
     with pytest.raises(UserError, match="search.num_samples 8: --resume it with --num-samples 8"):
         run_checks.check_growth(location("/r/g"), stored, {**stored, "search": {
             "num_samples": 4, "metric": "val_acc"}})
+    fused = {**stored, "search": {"num_samples": 8, "metric": "val_acc", "fuse": "auto"}}
+    with pytest.raises(UserError, match="growing a fused run is not supported yet"):
+        run_checks.check_growth(location("/r/g"), fused, {**fused, "search": {
+            **fused["search"], "num_samples": 12}})
     # only num_samples is set aside: any other change still differs
     assert run_checks._without_growth(stored) == {"search": {"metric": "val_acc"},
                                                   "train": {"epochs": 2}}

@@ -99,7 +99,11 @@ def load_study(name_or_path: str, quick: bool = False,
     # Claims (no --set changes them) are checked against the study its file and quick profile
     # define: a --set that narrows the space leaves a claim about values it no longer reaches
     # inconclusive in this run, instead of refusing the run
-    return validate(overridden, path, validate(raw, path).claims)
+    try:
+        claims = validate(raw, path).claims
+    except StudyError:  # the file is whole only with its --set values: check against those
+        claims = None
+    return validate(overridden, path, claims)
 
 
 def validate(raw: dict[str, Any], path: Path, claims: tuple[Claim, ...] | None = None
