@@ -54,8 +54,6 @@ CASES = {
     "unreachable_bucket": ("", "", ["--storage-path",
                                     "s3://bucket/runs?endpoint_override=127.0.0.1:1&scheme=http"],
                            "cannot reach 127.0.0.1:1"),
-    "fused_on_a_bucket": ("", "", ["--fuse", "auto", "--storage-path", "s3://bucket/runs"],
-                          "fused trials (search.fuse 'auto') keep their states on a local"),
     "misspelled_searched_key": ("  train.lr: {loguniform: [1.0e-4, 1.0]}",
                                 "  train.lrr: {loguniform: [1.0e-4, 1.0]}", [],
                                 "(from space.train.lrr = 0.0001): train has unknown key(s) "
@@ -72,8 +70,7 @@ CASES = {
                           "description: !!python/object/apply:os.system ['touch {marker}']",
                           [], "invalid YAML"),
 }
-NOT_ABOUT_THE_FILE = {"unreachable_address", "trial_larger_than_machine", "unreachable_bucket",
-                      "fused_on_a_bucket"}
+NOT_ABOUT_THE_FILE = {"unreachable_address", "trial_larger_than_machine", "unreachable_bucket"}
 
 
 def run_case(tmp_path: Path, name: str):

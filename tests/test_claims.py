@@ -293,10 +293,10 @@ def test_a_set_that_narrows_the_space_keeps_the_files_claims_and_runs():
 
 def test_a_file_whole_only_with_its_set_values_still_loads(tmp_path):
     raw = yaml.safe_load((STUDY_DIR / "lr_batch.yaml").read_text())
-    raw["search"].update(fuse="auto", repeats=2)  # refused alone; --fuse off mends it
+    raw["search"].update(fuse="on", repeats=2)  # refused alone; --fuse off mends it
     path = tmp_path / "lr_batch.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(UserError, match="is not supported yet"):
+    with pytest.raises(UserError, match="use auto, off or a group size"):
         studies.load_study(str(path))
     study = studies.load_study(str(path), overrides={"search.fuse": "off"})
     assert study.search["repeats"] == 2 and len(study.claims) == len(raw["claims"])

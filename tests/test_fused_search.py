@@ -14,14 +14,25 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
-from tune_hw import grouping, ray_files, results
-from tune_hw.errors import UserError
+from tune_hw import fused_search, grouping, ray_files, results, tuner
 from tune_hw.group_searcher import GroupSearcher
+from tune_hw.results import REPEAT_KEY
 from tune_hw.rungs import RungBoard
 from tune_hw.studies import load_study
 
 MLP = {"dataset.name": "countries", "model.name": "mlp", "model.width": 64, "train.epochs": 2,
        "train.seed": 0}
+
+
+REPEATED = """\
+description: fused repeats
+dataset: {name: countries, n_train: 300, n_val: 200, n_test: 200}
+model: {name: mlp, width: 8, depth: 1}
+train: {epochs: 2, lr: 0.01, batch_size: 16, seed: 5}
+space:
+  train.lr: {loguniform: [1.0e-3, 1.0e-1]}
+search: {algorithm: random, num_samples: 3, repeats: 2, fuse: auto}
+"""
 
 
 def config(**train):
@@ -40,12 +51,56 @@ def test_bad_fuse_values_are_refused(value):
         grouping.parse_fuse(value)
 
 
-def test_fused_repeats_are_refused_until_they_are_joined():
-    with pytest.raises(UserError, match="with search.repeats 2 is not supported yet"):
-        load_study("lr_batch", quick=True, overrides={
-            "search.fuse": "auto", "search.repeats": 2})
-    assert load_study("lr_batch", quick=True, overrides={
-        "search.fuse": "off", "search.repeats": 2}).search["repeats"] == 2
+def test_the_repeats_of_a_config_are_members_of_one_group(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(REPEATED)
+    study = load_study(str(path))
+    space = tuner.param_space(study)
+    members = fused_search.member_configs(study, space)
+    assert len(members) == 6  # 3 samples x 2 repeats, as the unfused generator's trials
+    groups = fused_search.group_configs(study, space, slots=2)
+    assert len(groups) >= 2 and sum(len(g["members"]) for g in groups) == 6
+    for group in groups:
+        by_config = {}
+        for member in group["members"]:
+            by_config.setdefault(results.config_id(member), []).append(member[REPEAT_KEY])
+        # every config's repeats in the same group: lr held constant across the repeats
+        assert all(sorted(r) == [0, 1] for r in by_config.values())
+    lrs = {m["train.lr"] for g in groups for m in g["members"]}
+    assert len(lrs) == 3
+
+
+def test_optuna_proposes_each_config_with_its_repeats_and_tells_their_mean():
+    study = load_study("lr_batch", overrides={"search.fuse": "auto", "search.num_samples": 6,
+                                              "search.repeats": 2})
+    searcher = GroupSearcher(study, slots=2)
+    groups = []
+    while (suggested := searcher.suggest(f"t{len(groups)}")) != Searcher.FINISHED:
+        groups.append(suggested["group"]["members"])
+    members = [m for g in groups for m in g]
+    assert len(members) == 12 and len(searcher.ot.trials) == 6  # num_samples counts configs
+    for members_of_group in groups:
+        by_lr = {}
+        for member in members_of_group:
+            by_lr.setdefault(member["train.lr"], []).append(member[REPEAT_KEY])
+        assert all(sorted(r) == [0, 1] for r in by_lr.values())
+    first = groups[0]
+    values = {f"t0-m{k:02d}": 0.1 + 0.1 * k for k in range(len(first))}
+    values["t0-m00"] = 0.9  # it ended first, alone; its config waits for its other repeat
+    searcher.on_trial_result("t0", {"members": {"t0-m00": {
+        "val_acc": 0.9, "epoch": 2, "member_status": "completed"}}})
+    assert not [t for t in searcher.ot.trials if t.state == TrialState.COMPLETE]  # 1 of 2
+    searcher.on_trial_complete("t0", {"members": {m: {"val_acc": v, "epoch": 2,
+                                                      "member_status": "completed"}
+                                                  for m, v in values.items()}})
+    told = {t.params["train.lr"]: t.value for t in searcher.ot.trials
+            if t.state == TrialState.COMPLETE}
+    expected = {}
+    for member, value in zip(first, values.values(), strict=True):
+        expected.setdefault(member["train.lr"], []).append(value)
+    assert told == {lr: pytest.approx(sum(v) / len(v)) for lr, v in expected.items()}
+    assert {t.intermediate_values.get(2) for t in searcher.ot.trials
+            if t.state == TrialState.COMPLETE} == set(told.values())
 
 
 def test_groups_share_a_structure_and_respect_the_size():
@@ -86,10 +141,10 @@ def test_member_rows_expand_a_group_result():
         ("t1", {"train.lr": 0.1, "model.name": "mlp"}, {"epoch": 1})]
 
 
-def test_fuse_is_read_from_the_study_and_off_by_default():
+def test_fuse_is_read_from_the_study_and_auto_by_default():
     study = load_study("lr_batch", quick=True, overrides={"search.fuse": 4})
     assert study.search["fuse"] == 4
-    assert load_study("lr_batch").search["fuse"] == "off"
+    assert load_study("lr_batch").search["fuse"] == "auto"
 
 
 def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member():
@@ -118,6 +173,22 @@ def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member()
     assert told == {m["train.lr"]: pytest.approx(v) for m, v in zip(first, values.values(), strict=True)}
 
 
+def test_a_restored_group_searcher_grows_to_more_configs_never_fewer(tmp_path):
+    study = load_study("lr_batch", overrides={"search.num_samples": 4})
+    searcher = GroupSearcher(study, slots=2)
+    while searcher.suggest(f"t{len(searcher.groups)}") != Searcher.FINISHED:
+        pass
+    searcher.save(str(tmp_path / "s.pkl"))
+    restored = GroupSearcher(load_study("lr_batch", overrides={"search.num_samples": 8}), 2)
+    restored.restore(str(tmp_path / "s.pkl"))  # what Tune's restore does: 4 configs, 0 left
+    restored.grow(3)
+    assert restored.suggest("late") == Searcher.FINISHED
+    restored.grow(8)
+    while restored.suggest(f"t{len(restored.groups)}") != Searcher.FINISHED:
+        pass
+    assert len(restored.ot.trials) == 8 and restored.total == 8
+
+
 @pytest.mark.parametrize("mode", ["max", "min"])
 def test_the_rung_board_decides_as_rays_asha(mode):
     """The same results in the same order: the board stops exactly the trials ASHA stops."""
@@ -143,6 +214,22 @@ def test_the_rung_board_decides_as_rays_asha(mode):
                     [(key, milestone, -value) for milestone, rung in board.rungs
                      for key, value in rung.items()])
     assert replayed.rungs == board.rungs  # a resumed search's board holds the same rungs
+
+
+def test_the_rung_board_judges_a_configs_repeats_by_their_mean():
+    board = RungBoard(max_t=9, grace_period=1, reduction_factor=3, mode="max")
+    assert board.decide([("good", 1, 0.8), ("bad", 1, 0.1)]) == ["bad"]
+    # "mixed" has one repeat above "good" (alone it would go on) and one far below: its mean
+    # 0.45 is what counts, under the cutoff 0.567 of (0.1, 0.8)
+    assert board.decide([("mixed", 1, 0.85), ("mixed", 1, 0.05), ("fine", 1, 0.7)]) == \
+        ["mixed"]
+    assert board.rungs[-1][1] == {"good": 0.8, "bad": 0.1, "mixed": pytest.approx(0.45),
+                                  "fine": 0.7}
+    replayed = RungBoard(max_t=9, grace_period=1, reduction_factor=3, mode="max")
+    replayed.replay([("good", 1, 0.8), ("bad", 1, 0.1), ("mixed", 1, 0.85),
+                     ("mixed", 1, 0.05), ("fine", 1, 0.7)])
+    assert replayed.rungs == board.rungs
+    assert board.decide([("nan", 1, math.nan), ("nan", 1, math.nan)]) == []  # diverged: leaves
 
 
 def test_a_bad_fuse_is_one_line_and_exit_2(cli, tmp_path):

@@ -52,7 +52,8 @@ def test_param_space_and_num_samples_carry_the_repeats(tmp_path, algorithm, samp
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One Ray for both searches; each writes 2 configs x 2 repeats."""
+    """One Ray for the four searches (random, Optuna; unfused, fused): each writes 2 configs x
+    2 repeats."""
     import ray
 
     root = tmp_path_factory.mktemp("runs")
@@ -62,18 +63,21 @@ def runs(tmp_path_factory):
         for algorithm in ("random", "optuna"):
             path = root / f"rep_{algorithm}.yaml"
             path.write_text(STUDY.replace("ALGORITHM", algorithm))
-            code = search.main([str(path), "--storage-path", str(root), "--name", "r"])
-            assert code == 0
-            out[algorithm] = results.load_run(root / path.stem / "r")
+            for fuse in ("off", "auto"):
+                code = search.main([str(path), "--storage-path", str(root), "--name", fuse,
+                                    "--fuse", fuse])
+                assert code == 0
+                out[algorithm, fuse] = results.load_run(root / path.stem / fuse)
     finally:
         ray.shutdown()
         os.environ.pop("TUNE_HW_STORAGE", None)
     return out
 
 
+@pytest.mark.parametrize("fuse", ["off", "auto"])
 @pytest.mark.parametrize("algorithm", ["random", "optuna"])
-def test_each_config_runs_once_per_repeat_with_its_own_seed(runs, algorithm):
-    trials = runs[algorithm].trials
+def test_each_config_runs_once_per_repeat_with_its_own_seed(runs, algorithm, fuse):
+    trials = runs[algorithm, fuse].trials
     assert len(trials) == 4 and set(trials.status) == {"completed"}
     assert f"config/{REPEAT_KEY}" not in trials
     assert trials.config_id.nunique() == 2
@@ -87,10 +91,21 @@ def test_each_config_runs_once_per_repeat_with_its_own_seed(runs, algorithm):
     assert trials.groupby("config_id")["config/train.lr"].first().nunique() == 2
 
 
+def test_fused_repeats_train_as_the_unfused_repeats(runs):
+    def by_config_and_repeat(run):
+        return run.trials.set_index(["config_id", "repeat"]).sort_index()
+
+    off, auto = (by_config_and_repeat(runs["random", f]) for f in ("off", "auto"))
+    assert auto.group_id.nunique() < len(auto)  # repeats trained together
+    assert list(off.index) == list(auto.index)  # the same configs and repeats
+    for column in ("val_loss_at_best", "best_val_acc", "test_acc_at_best"):
+        assert auto[column].to_numpy() == pytest.approx(off[column].to_numpy(), abs=1e-4)
+
+
 def test_rows_carry_split_sizes_and_the_running_train_loss(runs):
-    a, b = runs["random"].trials, runs["optuna"].trials
+    a, b = runs["random", "off"].trials, runs["optuna", "auto"].trials
     assert (a.train_eval_size == 300).all() and (a.val_size == 200).all()
-    epochs = runs["random"].epochs
+    epochs = runs["random", "off"].epochs
     assert epochs.train_loss_running.notna().all()
     first = epochs[epochs.epoch == 1]
     # the running loss is the mean over the epoch's steps, not the end-of-epoch loss

@@ -1,5 +1,5 @@
-"""Runs that live elsewhere, end to end with real Ray: a search on a bucket (moto's S3 server on
-127.0.0.1, through pyarrow's real S3 filesystem) killed and resumed, then reported; a finished
+"""Runs that live elsewhere, end to end with real Ray: a fused search on a bucket (moto's S3
+server on 127.0.0.1, through pyarrow's real S3 filesystem) killed and resumed, then reported; a finished
 run copied to a new directory, its original deleted, reported and grown there from 4 trials
 to 8."""
 
@@ -37,8 +37,8 @@ def rows_by_trial(run_dir) -> dict[str, list[int]]:
 
 def test_a_search_on_a_bucket_resumes_after_sigkill_and_reports(s3_bucket, ray_tmp, tmp_path):
     args = ["lr_batch", *SLOW_TRIALS, "--set", "search.num_samples=3",
-            "--set", "dataset.n_train=6000", "--set", "train.epochs=4",
-            "--storage-path", f"{s3_bucket}/runs", "--name", "k1"]
+            "--set", "dataset.n_train=6000", "--set", "train.epochs=4", "--fuse", "auto",
+            "--storage-path", f"{s3_bucket}/runs", "--name", "k1"]  # fused: the default
     run_dir = location(f"{s3_bucket}/runs/lr_batch/k1")
     proc = start_search(args, ray_tmp)
 
@@ -62,15 +62,20 @@ def test_a_search_on_a_bucket_resumes_after_sigkill_and_reports(s3_bucket, ray_t
     for trial_id in finished:  # finished trials were not run again
         assert (run_dir / f"trial_{trial_id}" / layout.TRIAL_ROWS_FILE).read_bytes() == \
             before[trial_id]
-    for trial_id, written in rows_by_trial(run_dir).items():
-        rows = epochs[epochs.trial_id == trial_id].epoch.tolist()
-        assert rows == list(range(1, len(rows) + 1))  # no gap, no repeat in the parquet
+    members = trials.groupby("group_id").trial_id.apply(list)
+    assert len(members) == 2  # 3 members in a group of 2 and one of 1 (2 trial slots)
+    for group_id, written in rows_by_trial(run_dir).items():
         # an epoch may run twice when the kill fell between its row and its saved state
-        # (the trial continues from that state), but epochs never go backwards further
-        assert written == sorted(written) and max(written) == rows[-1]
-    for trial_id in trials.trial_id:
-        names = {p.name for p in (run_dir / f"trial_{trial_id}").iterdir()}
-        assert {"latest.pt", "best.pt", "rows.jsonl", "result.json"} <= names
+        # (the group continues from that state), but epochs never go backwards further
+        assert written == sorted(written)
+        for trial_id in members[group_id]:
+            rows = epochs[epochs.trial_id == trial_id].epoch.tolist()
+            assert rows == list(range(1, len(rows) + 1))  # no gap, no repeat in the parquet
+            assert max(written) == rows[-1]
+    for group_id, trial_ids in members.items():
+        names = {p.name for p in (run_dir / f"trial_{group_id}").iterdir()}
+        assert {"latest.pt", "rows.jsonl", "result.json"} <= names
+        assert all(layout.best_state_path(run_dir, t, group_id).is_file() for t in trial_ids)
     assert {"trials.parquet", "epochs.parquet", "study.yaml", "tuner.pkl"} <= \
         {p.name for p in run_dir.iterdir()}
     for path in [*run_dir.glob("*.pkl"), *run_dir.glob("*.json")]:  # Ray's saved state
@@ -137,10 +142,15 @@ def test_a_resume_may_raise_num_samples_only():
     with pytest.raises(UserError, match="search.num_samples 8: --resume it with --num-samples 8"):
         run_checks.check_growth(location("/r/g"), stored, {**stored, "search": {
             "num_samples": 4, "metric": "val_acc"}})
-    fused = {**stored, "search": {"num_samples": 8, "metric": "val_acc", "fuse": "auto"}}
-    with pytest.raises(UserError, match="growing a fused run is not supported yet"):
-        run_checks.check_growth(location("/r/g"), fused, {**fused, "search": {
-            **fused["search"], "num_samples": 12}})
+    for algorithm in ("random", "grid", "optuna"):
+        fused = {**stored, "search": {"num_samples": 8, "metric": "val_acc", "fuse": "auto",
+                                      "algorithm": algorithm}}
+        grown = {**fused, "search": {**fused["search"], "num_samples": 12}}
+        if algorithm == "optuna":  # its GroupSearcher grows
+            run_checks.check_growth(location("/r/g"), fused, grown)
+            continue
+        with pytest.raises(UserError, match=f"search.algorithm {algorithm}: growing it is not"):
+            run_checks.check_growth(location("/r/g"), fused, grown)
     # only num_samples is set aside: any other change still differs
     assert run_checks._without_growth(stored) == {"search": {"metric": "val_acc"},
                                                   "train": {"epochs": 2}}

@@ -17,23 +17,27 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
 from ray.tune.search.variant_generator import generate_variants
 
-from tune_hw import cluster, grouping, ray_files
+from tune_hw import cluster, grouping, ray_files, results, resumable
 from tune_hw.group_searcher import GroupSearcher
 from tune_hw.ray_files import GROUP_KEY, MEMBERS_KEY
 from tune_hw.rungs import RungBoard
+from tune_hw.storage import ObjectPath
 from tune_hw.studies import Study
 
 
 def member_configs(study: Study, space: dict[str, Any]) -> list[dict[str, Any]]:
-    """The flat configs of the unfused study's trials, in Tune's order, from its param space."""
+    """The flat configs of the unfused study's trials, in Tune's order, from its param space
+    (with repeats, the sampled values held constant across the grid over the repeat index, as
+    tuner.make_search_alg's generator holds them)."""
     rng = _BackwardsCompatibleNumpyRng(study.train["seed"])
+    constant = study.search["repeats"] > 1
     configs = []
     for _ in range(study.search["num_samples"]):
-        for _, spec in generate_variants({"config": space}, constant_grid_search=False,
+        for _, spec in generate_variants({"config": space}, constant_grid_search=constant,
                                          random_state=rng):
             configs.append(spec["config"])
     return configs
@@ -50,14 +54,15 @@ def group_configs(study: Study, space: dict[str, Any], slots: int) -> list[dict[
 def group_search(study: Study, space: dict[str, Any]) -> tuple[dict[str, Any], int, Any]:
     """(param space, num_samples, search algorithm) of the Tuner of a fused study: a grid
     over the groups, each group one trial, at most `max_concurrent` running; with Optuna, a
-    GroupSearcher that proposes each group (at most num_samples of them) when it starts."""
+    GroupSearcher that proposes each group (at most num_samples of them) when it starts. Both
+    follow a moved run (resumable); the Optuna one also grows on --resume --num-samples."""
     slots = cluster.concurrent_slots(study.resources)
     if study.search["algorithm"] == "optuna":
         limit = study.search["max_concurrent"] or max(1, slots)
         searcher = ConcurrencyLimiter(GroupSearcher(study, slots), max_concurrent=limit)
-        return {}, study.search["num_samples"], searcher
+        return {}, study.search["num_samples"], resumable.GrowingSearch(searcher)
     groups = group_configs(study, space, max(1, slots))
-    searcher = BasicVariantGenerator(max_concurrent=study.search["max_concurrent"])
+    searcher = resumable.GrowingVariants(max_concurrent=study.search["max_concurrent"])
     return {GROUP_KEY: tune.grid_search(groups)}, 1, searcher
 
 
@@ -65,13 +70,14 @@ BoardActor = ray.remote(num_cpus=0)(RungBoard)
 _BOARDS: list[Any] = []  # the driver holds its board for the whole search
 
 
-def start_board(study: Study, run_dir: Path, max_t: int) -> str | None:
+def start_board(study: Study, run_dir: Path | ObjectPath, max_t: int) -> str | None:
     """The name of the run's RungBoard actor, started with the member results already stored
     (a resumed search), or None when the study's scheduler is FIFO."""
     if study.scheduler["name"] != "asha":
         return None
     name = f"tune_hw_board:{run_dir}"
-    board = BoardActor.options(name=name).remote(
+    # one board per run in this Ray: a Tuner restored in the same process asks the same one
+    board = BoardActor.options(name=name, get_if_exists=True).remote(
         max_t, study.scheduler["grace_period"], study.scheduler["reduction_factor"],
         study.search["mode"])
     ray.get(board.replay.remote(stored_results(run_dir, study.search["metric"])))
@@ -79,10 +85,10 @@ def start_board(study: Study, run_dir: Path, max_t: int) -> str | None:
     return name
 
 
-def stored_results(run_dir: Path, metric: str) -> list[tuple[str, int, float]]:
-    """(member trial id, epoch, metric value) of every result a run already holds."""
+def stored_results(run_dir: Path | ObjectPath, metric: str) -> list[tuple[str, int, float]]:
+    """(member's config id, epoch, metric value) of every result a run already holds."""
     if not run_dir.is_dir():
         return []
-    return [(record.trial_id, row["epoch"], row[metric])
+    return [(results.config_id(record.config), row["epoch"], row[metric])
             for record in ray_files.read_ray_trials(run_dir) for row in record.rows
             if isinstance(row.get("epoch"), int) and isinstance(row.get(metric), (int, float))]

@@ -7,12 +7,18 @@ parameters samples the rest). TPE runs with the constant liar, for parallel asks
 is told its own last reported value when it leaves or its group ends, as Ray's OptunaSearch
 tells a trial (COMPLETE with the last value; FAIL for an error without one), with its
 intermediate values reported per epoch. `num_samples` counts member trials.
+
+With `search.repeats` R > 1 each asked config is R members of its group (repeat r trains with
+seed train.seed + r: results.REPEAT_KEY), and `num_samples` counts configs, as Ray's Repeater
+does unfused: the config's Optuna trial is told the mean of its repeats' last values once all
+of them ended, and each epoch's intermediate value once all its repeats reported that epoch.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
+from collections import defaultdict
 from typing import Any
 
 import optuna
@@ -20,6 +26,7 @@ from ray.tune.search import Searcher
 
 from tune_hw import fused, grouping
 from tune_hw.ray_files import GROUP_KEY, MEMBER_ENDED, MEMBER_STATUS_KEY, MEMBERS_KEY, member_id
+from tune_hw.results import REPEAT_KEY
 from tune_hw.studies import Study
 
 
@@ -29,36 +36,55 @@ class GroupSearcher(Searcher):
     def __init__(self, study: Study, slots: int):
         super().__init__(metric=study.search["metric"], mode=study.search["mode"])
         self.fixed, self.fuse = study.fixed_config(), study.search["fuse"]
+        self.repeats = study.search["repeats"]
         self.dists = {k: d.to_optuna() for k, d in study.distributions.items()}
-        self.left = study.search["num_samples"]  # members still to propose
+        self.total = self.left = study.search["num_samples"]  # configs: all, still to propose
         self.cap = max(1, study.search["num_samples"] // max(1, slots))  # >= slots groups
         direction = "maximize" if study.search["mode"] == "max" else "minimize"
         sampler = optuna.samplers.TPESampler(seed=study.train["seed"], constant_liar=True)
         self.ot = optuna.create_study(direction=direction, sampler=sampler)
-        self.trials: dict[str, optuna.trial.Trial] = {}  # member id -> its Optuna trial
+        self.trials: dict[str, optuna.trial.Trial] = {}  # member id -> its config's trial
         self.groups: dict[str, list[str]] = {}  # Tune trial id -> its member ids
         self.last: dict[str, float] = {}  # member id -> its last reported value
+        self.ended: dict[int, list[str]] = defaultdict(list)  # Optuna trial -> ended members
+        self.epochs: dict[tuple[int, int], list[float]] = defaultdict(list)  # per epoch
+        self.queue: list[tuple[optuna.trial.Trial, int]] = []  # (config, repeat) to group
+        self.chunk = 1  # the members of one group while the queue lasts
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec: Any) -> bool:
         return True  # the study already fixed metric, mode and space
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        """The next group's member configs, or FINISHED once num_samples members exist."""
-        if self.left <= 0:
-            return Searcher.FINISHED
+        """The next group's member configs, or FINISHED once num_samples configs exist."""
+        if not self.queue:
+            if self.left <= 0:
+                return Searcher.FINISHED
+            self._ask_members()
+        members, self.queue = self.queue[:self.chunk], self.queue[self.chunk:]
+        self.groups[trial_id] = [member_id(trial_id, k) for k in range(len(members))]
+        self.trials.update(zip(self.groups[trial_id], [t for t, _ in members], strict=True))
+        return {GROUP_KEY: {MEMBERS_KEY: [self._member_config(t, r) for t, r in members]}}
+
+    def _ask_members(self) -> None:
+        """Queue the members of the next configs: the first config asked freely, the others
+        with its structure, each config's repeats together; `chunk` members make a group (a
+        config whose repeats outnumber the largest group spans several groups)."""
         first = self.ot.ask(self.dists)
-        members = [first]
-        config = {**self.fixed, **first.params}
-        size = min(grouping.largest_group(config, self.fuse), self.cap, self.left)
+        largest = grouping.largest_group({**self.fixed, **first.params}, self.fuse)
+        size = min(max(1, largest // self.repeats), self.cap, self.left)
         structural = {k: v for k, v in first.params.items() if k not in fused.MEMBER_KEYS}
+        asked = [first]
         for _ in range(size - 1):
             self.ot.enqueue_trial(structural, skip_if_exists=False)
-            members.append(self.ot.ask(self.dists))
-        self.left -= len(members)
-        self.groups[trial_id] = [member_id(trial_id, k) for k in range(len(members))]
-        self.trials.update(zip(self.groups[trial_id], members, strict=True))
-        return {GROUP_KEY: {MEMBERS_KEY: [{**self.fixed, **t.params} for t in members]}}
+            asked.append(self.ot.ask(self.dists))
+        self.left -= len(asked)
+        self.queue = [(trial, r) for trial in asked for r in range(self.repeats)]
+        self.chunk = min(largest, len(self.queue))
+
+    def _member_config(self, trial: optuna.trial.Trial, repeat: int) -> dict[str, Any]:
+        repeat_key = {REPEAT_KEY: repeat} if self.repeats > 1 else {}  # as Ray's Repeater
+        return {**self.fixed, **trial.params, **repeat_key}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Each member's value at this epoch; a member that left is told its last value."""
@@ -67,9 +93,17 @@ class GroupSearcher(Searcher):
             if member not in self.trials or not isinstance(value, (int, float)):
                 continue
             self.last[member] = float(value)
-            self.trials[member].report(float(value), int(row.get("epoch", 0)))
+            self._report(self.trials[member], float(value), int(row.get("epoch", 0)))
             if row.get(MEMBER_STATUS_KEY) in MEMBER_ENDED:
                 self._tell(member, error=False)
+
+    def _report(self, trial: optuna.trial.Trial, value: float, epoch: int) -> None:
+        """The config's intermediate value at `epoch`: the mean once all its repeats have one."""
+        values = self.epochs[(trial.number, epoch)]
+        values.append(value)
+        if len(values) == self.repeats:
+            trial.report(_mean(values), epoch)
+            del self.epochs[(trial.number, epoch)]
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -80,15 +114,27 @@ class GroupSearcher(Searcher):
             self._tell(member, error)
 
     def _tell(self, member: str, error: bool) -> None:
+        """Member `member` ended; once all its config's repeats have, tell Optuna their mean."""
         trial = self.trials.pop(member, None)
         if trial is None:
             return
-        value = self.last.get(member)
-        if value is None or math.isnan(value):
+        ended = self.ended[trial.number]
+        ended.append(member)
+        if len(ended) < self.repeats:
+            return
+        value = _mean([self.last.get(m, math.nan) for m in self.ended.pop(trial.number)])
+        if math.isnan(value):
             self.ot.tell(trial, state=optuna.trial.TrialState.FAIL if error
                          else optuna.trial.TrialState.PRUNED)
         else:
             self.ot.tell(trial, value)
+
+    def grow(self, num_samples: int) -> None:
+        """A restored search raised to `num_samples` configs (--resume --num-samples) proposes
+        the difference; never fewer (a run never shrinks)."""
+        if num_samples > self.total:
+            self.left += num_samples - self.total
+            self.total = num_samples
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as out:
@@ -97,3 +143,9 @@ class GroupSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as source:
             self.__dict__.update(pickle.load(source))
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the values that are numbers (NaN when none is), as Ray's Repeater's."""
+    numbers = [v for v in values if not math.isnan(v)]
+    return sum(numbers) / len(numbers) if numbers else math.nan

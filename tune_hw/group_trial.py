@@ -8,13 +8,15 @@ What it reports per epoch (`ray_files.member_rows` expands it into member trials
 A member whose row says diverged, completed or early_stopped (the run's `rungs.RungBoard`
 under ASHA, asked once per group epoch) has left the stack; later results omit it.
 
-Saved states, in the group's trial directory: one latest.pt for all live members (one atomic
+Saved states, in the group's trial directory (local or on object storage, as an unfused
+trial's: ray_trial.TrialStates): one latest.pt for all live members (one atomic
 file, so a crash never leaves members at different epochs), each member's best epoch's state
 in members/<member id>/best.pt (as an unfused trial's best.pt), and the group's rows.jsonl.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,8 @@ from tune_hw.metrics import SENTINEL_METRICS
 from tune_hw.ranking import Ranking
 from tune_hw.ray_files import GROUP_KEY, MEMBER_STATUS_KEY, MEMBERS_KEY, member_id
 from tune_hw.ray_trial import TrialStates, ray_context, report_with_marker, set_threads
-from tune_hw.results import atomic_write
+from tune_hw.results import config_id
+from tune_hw.storage import ObjectPath, atomic_write, location
 
 
 class _Stopped(Exception):
@@ -39,12 +42,13 @@ class _Stopped(Exception):
 class GroupRun:
     """One group's members, their statuses and saved states, and its reports to Tune."""
 
-    def __init__(self, trial_dir: Path, ranking: Ranking, group_id: str,
+    def __init__(self, trial_dir: Path | ObjectPath, ranking: Ranking, group_id: str,
                  configs: list[dict[str, Any]], board: Any = None):
         self.trial_dir, self.ranking, self.configs = trial_dir, ranking, configs
         self.board = board  # the run's RungBoard actor, or None (FIFO)
         self.training: list[str] = []  # the ids of the members run_group trains, in order
         self.ids = [member_id(group_id, k) for k in range(len(configs))]
+        self.config_ids = {m: config_id(c) for m, c in zip(self.ids, configs, strict=True)}
         self.rows = TrialStates(trial_dir, ranking)  # the group's rows file
         self.bests = {m: TrialStates(best_state_path(trial_dir.parent, m, group_id).parent,
                                      ranking) for m in self.ids}
@@ -59,7 +63,8 @@ class GroupRun:
         path = self.trial_dir / LATEST_STATE_FILE
         if not path.is_file():
             return
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu",
+                           weights_only=True)  # on the CPU, as TrialStates.latest (its reason)
         self.status.update(saved["status"])
         self.states, self.last_row = saved["states"], saved["row"]
         for member, best in saved["best"].items():
@@ -116,11 +121,14 @@ class GroupRun:
         return [i for i, member in enumerate(self.training) if member in stopped]
 
     def _ask_board(self, epoch: int) -> set[str]:
-        """The members of this epoch that ASHA stops (none under FIFO)."""
+        """The members of this epoch that ASHA stops (none under FIFO): it judges configs,
+        a config's repeats by their mean (rungs.RungBoard)."""
         if self.board is None:
             return set()
-        asked = [(m, epoch, row[self.ranking.metric]) for m, (row, _) in self.pending.items()]
-        return set(ray.get(self.board.decide.remote(asked)))
+        asked = [(self.config_ids[m], epoch, row[self.ranking.metric])
+                 for m, (row, _) in self.pending.items()]
+        stopped = set(ray.get(self.board.decide.remote(asked)))
+        return {m for m in self.pending if self.config_ids[m] in stopped}
 
     def _tune_metric(self, members: dict[str, dict[str, Any]]) -> float:
         """The best healthy member's value of the study's metric (a sentinel if none)."""
@@ -156,7 +164,7 @@ def group_trainable(config: dict[str, Any], run_dir: str, ranking: Ranking,
     set_threads()
     device, context = ray_context()
     group_id = tune.get_context().get_trial_id()
-    run = GroupRun(Path(run_dir) / trial_dir_name(group_id), ranking, group_id,
+    run = GroupRun(location(run_dir) / trial_dir_name(group_id), ranking, group_id,
                    config[GROUP_KEY][MEMBERS_KEY], ray.get_actor(board) if board else None)
     try:
         run.train(device, context)

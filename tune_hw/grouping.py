@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tune_hw import fused, training
+from tune_hw import fused, results, training
 
 FUSE_WORDS = ("auto", "off")
 
@@ -46,17 +46,47 @@ def make_groups(configs: Sequence[dict[str, Any]], fuse: str | int, slots: int =
                 device: str = "cpu") -> list[list[int]]:
     """Indices of `configs` per group: one structure per group, in first-seen order, each at
     most `largest_group`; the largest groups split in halves until there are at least
-    min(slots, len(configs)) groups."""
-    buckets: dict[str, list[int]] = {}
+    min(slots, len(configs)) groups. The repeats of one config (results.config_id) stay in one
+    group unless they alone outnumber the largest group."""
+    buckets: dict[str, dict[str, list[int]]] = {}  # structure -> config -> its repeats
     for index, config in enumerate(configs):
-        buckets.setdefault(fused.structure_key(config), []).append(index)
-    groups = []
-    for members in buckets.values():
-        size = largest_group(configs[members[0]], fuse, device)
-        groups.extend(members[i:i + size] for i in range(0, len(members), size))
+        repeats = buckets.setdefault(fused.structure_key(config), {})
+        repeats.setdefault(results.config_id(config), []).append(index)
+    groups: list[list[list[int]]] = []  # a group is a list of units: one config's repeats
+    for by_config in buckets.values():
+        units = list(by_config.values())
+        groups.extend(_pack(units, largest_group(configs[units[0][0]], fuse, device)))
     while len(groups) < min(slots, len(configs)):
-        largest = max(range(len(groups)), key=lambda g: len(groups[g]))
-        members = groups.pop(largest)
-        half = (len(members) + 1) // 2
-        groups[largest:largest] = [members[:half], members[half:]]
-    return groups
+        largest = max(range(len(groups)), key=lambda g: _size(groups[g]))
+        groups[largest:largest + 1] = _halve(groups[largest])
+    return [[i for unit in group for i in unit] for group in groups]
+
+
+def _size(group: list[list[int]]) -> int:
+    return sum(map(len, group))
+
+
+def _pack(units: list[list[int]], size: int) -> list[list[list[int]]]:
+    """Units in order into groups of at most `size` members; a unit larger than `size` is
+    cut into groups of its own."""
+    groups: list[list[list[int]]] = []
+    current: list[list[int]] = []
+    for unit in units:
+        if len(unit) > size:
+            groups.extend([unit[i:i + size]] for i in range(0, len(unit), size))
+            continue
+        if current and _size(current) + len(unit) > size:
+            groups.append(current)
+            current = []
+        current.append(unit)
+    return groups + ([current] if current else [])
+
+
+def _halve(group: list[list[int]]) -> list[list[list[int]]]:
+    """Two groups from one: its units in halves, or the members of its only unit."""
+    if len(group) > 1:
+        half = (len(group) + 1) // 2
+        return [group[:half], group[half:]]
+    unit = group[0]
+    half = (len(unit) + 1) // 2
+    return [[unit[:half]], [unit[half:]]]

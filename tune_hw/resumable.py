@@ -65,6 +65,16 @@ class GrowingSearch(SearchGenerator):
             self._total_samples = Place.num_samples
             self._experiment.spec["num_samples"] = Place.num_samples
             self._finished = False
+        grow = getattr(_base_searcher(self.searcher), "grow", None)
+        if Place.num_samples is not None and grow is not None:
+            grow(Place.num_samples)  # a searcher that counts its own samples (GroupSearcher)
+
+
+def _base_searcher(searcher: Any) -> Any:
+    """The searcher inside Tune's wrappers (ConcurrencyLimiter, Repeater)."""
+    while hasattr(searcher, "searcher"):
+        searcher = searcher.searcher
+    return searcher
 
 
 class GrowingVariants(BasicVariantGenerator):

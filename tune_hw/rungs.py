@@ -1,5 +1,7 @@
-"""ASHA's rule for member trials that train inside groups: a `RungBoard` judges each member
+"""ASHA's rule for member trials that train inside groups: a `RungBoard` judges each config
 as Ray's ASHAScheduler judges a trial (one bracket, `stop_last_trials`), across every group.
+A config's repeats (`search.repeats`: members of one config_id, trained in one group) are
+judged together by the mean of their values, and stop together.
 
 Rungs sit at grace_period * reduction_factor**k epochs below max_t. A member's value is
 recorded at the first rung it reaches that it has no value at yet; it stops when that value
@@ -7,18 +9,23 @@ falls below the (1 - 1/reduction_factor) percentile of the values already record
 Mode min negates values, as Ray does. A result at max_t stops (the member is done).
 
     board = RungBoard(max_t=20, grace_period=2, reduction_factor=3, mode="max")
-    stopped = board.decide([("g0-m00", 2, 0.41), ("g0-m01", 2, 0.12)])   # ["g0-m01"] or []
+    stopped = board.decide([("cfgA", 2, 0.41), ("cfgA", 2, 0.45), ("cfgB", 2, 0.12)])
+    # ["cfgB"] or []: cfgA's two repeats are judged at their mean, 0.43
+
+A config whose repeats train in different groups (more repeats than the largest group) is
+judged by the first group to report a rung; its other groups' members go on past that rung.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import numpy as np
 
 
 class RungBoard:
-    """The rungs of one ASHA bracket, keyed by member trial id."""
+    """The rungs of one ASHA bracket, keyed by config (results.config_id)."""
 
     def __init__(self, max_t: int, grace_period: int, reduction_factor: float, mode: str):
         self.max_t, self.rf = max_t, reduction_factor
@@ -46,11 +53,25 @@ class RungBoard:
         return float(np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100))
 
     def decide(self, results: Iterable[tuple[str, int, float]]) -> list[str]:
-        """The members (of one group's epoch, in order) that ASHA stops before max_t."""
-        return [key for key, epoch, value in results
+        """The configs (of one group's epoch: a (config, epoch, value) per member) that ASHA
+        stops before max_t."""
+        return [key for key, epoch, value in means(results)
                 if self.on_result(key, epoch, value) and epoch < self.max_t]
 
     def replay(self, results: Iterable[tuple[str, int, float]]) -> None:
         """Rebuild the rungs from stored results (a resumed search), deciding nothing."""
-        for key, epoch, value in sorted(results, key=lambda r: r[1]):
+        for key, epoch, value in sorted(means(results), key=lambda r: r[1]):
             self.on_result(key, epoch, value)
+
+
+def means(results: Iterable[tuple[str, int, float]]) -> list[tuple[str, int, float]]:
+    """One (config, epoch, value) per config and epoch, in first-seen order: the mean of its
+    members' values that are numbers (NaN when none is: a diverged epoch)."""
+    values: dict[tuple[str, int], list[float]] = {}
+    for key, epoch, value in results:
+        values.setdefault((key, epoch), []).append(float(value))
+    out = []
+    for (key, epoch), found in values.items():
+        numbers = [v for v in found if not math.isnan(v)]
+        out.append((key, epoch, sum(numbers) / len(numbers) if numbers else math.nan))
+    return out

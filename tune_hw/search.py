@@ -125,10 +125,6 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     os.environ.setdefault(STORAGE_ENV, str(storage))
     study = load_study(args.study, quick=args.quick, overrides=parse_overrides(args))
     layout.check_name(study.name, f"{study.path}: the study name (its file name)")
-    if study.search["fuse"] != "off" and isinstance(storage, ObjectPath):
-        raise UserError(f"--storage-path {storage}: fused trials (search.fuse "
-                        f"{study.search['fuse']!r}) keep their states on a local or mounted "
-                        "directory only for now; use --fuse off on object storage")
     sizes = preflight.preflight(study)
     run_dir = storage / study.name / run_name
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}

@@ -152,10 +152,11 @@ def restore_tuner(study: Study, run_dir: Path | ObjectPath, trainable: Callable 
     (the first run's display and tracking callbacks); this run's replace them.
     Tuner.restore takes no RunConfig, so this sets them on its private `_local_tuner`
     (tests pin it)."""
-    resumable.follow(str(run_dir.parent), run_dir.name, num_samples(study))
+    space, samples, _ = search_inputs(study)
+    resumable.follow(str(run_dir.parent), run_dir.name, samples)
     tuner = tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
                                resume_unfinished=True, resume_errored=False,
-                               restart_errored=False, param_space=search_inputs(study)[0])
+                               restart_errored=False, param_space=space)
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks = [*tracking.callbacks(study, run_dir), *callbacks]
     run_config.verbose = verbose
