@@ -30,7 +30,8 @@ from tune_hw.errors import UserError
 psutil = pytest.importorskip("psutil")
 
 STUDY_ARGS = ["lr_batch", "--quick", "--set", "space.train.batch_size={choice: [64, 128]}",
-              "--set", "search.num_samples=3", "--name", "h1"]
+              "--set", "search.num_samples=3", "--name", "h1",
+              "--fuse", "off"]  # one Tune trial per trial: Ray's own reader sees ours
 
 
 class Touch:

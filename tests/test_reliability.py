@@ -22,8 +22,10 @@ from conftest import REPO, run_cli
 from tune_hw import ray_files
 
 LONG_EPOCHS = 20  # trials a test catches mid-run through Ray's (lagging) copy of result.json
-SLOW_TRIALS = [  # trials long enough (about a second an epoch) to be interrupted mid-way
-    "--quick", "--set", "dataset.n_train=12000", "--set", "space.train.batch_size={grid: [16]}",
+SLOW_TRIALS = [  # trials long enough (about a second an epoch) to be interrupted mid-way,
+    # unfused (ray_trial.tune_trainable): test_fused_reliability.py and test_storage_runs.py
+    # kill fused searches (a later --fuse wins)
+    "--fuse", "off", "--quick", "--set", "dataset.n_train=12000", "--set", "space.train.batch_size={grid: [16]}",
     "--set", "space.train.lr={loguniform: [0.001, 0.01]}", "--set", "search.algorithm=random",
     "--set", "train.epochs=6", "--set", "scheduler.name=fifo",
 ]
@@ -221,8 +223,8 @@ def test_a_trial_that_keeps_failing_ends_error_and_the_search_finishes(tmp_path,
 
     from tune_hw import outcome, studies, tuner
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests/
-    study = studies.load_study("lr_batch", quick=True,
-                              overrides={"search.num_samples": 2, "failure.max_failures": 1})
+    study = studies.load_study("lr_batch", quick=True, overrides={  # an unfused trainable
+        "search.num_samples": 2, "failure.max_failures": 1, "search.fuse": "off"})
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
         tuner.build_tuner(study, tmp_path, "f1", always_failing_trainable).fit()
@@ -284,7 +286,8 @@ def test_a_search_in_which_every_trial_failed_exits_1_with_one_line(tmp_path, ra
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp)
     try:
         code = search.main(["lr_batch", "--quick", "--num-samples", "2", "--max-failures", "0",
-                            "--storage-path", str(tmp_path), "--name", "all_failed"])
+                            "--fuse", "off", "--storage-path", str(tmp_path),
+                            "--name", "all_failed"])
     finally:
         ray.shutdown()
     err = capfd.readouterr().err

@@ -80,11 +80,24 @@ def test_run_log_of_a_run_that_never_started_leaves_nothing(tmp_path):
 def test_restore_replaces_the_callbacks_and_verbosity_pickled_in_tuner_pkl(tmp_path):
     # Tuner.restore takes no RunConfig: restore_tuner sets them on Ray's private
     # _local_tuner; this pins that Ray still restores them from tuner.pkl and that it works
-    from ray import tune
+    import ray
 
-    from tune_hw import progress, studies, tracking, tuner
+    from tune_hw import studies
 
     study = studies.load_study("lr_batch", quick=True)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    ray.init(num_cpus=1, include_dashboard=False, _temp_dir=ray_tmp)  # the fused run's board
+    try:
+        _restore_and_check(study, tmp_path)
+    finally:
+        ray.shutdown()
+
+
+def _restore_and_check(study, tmp_path):
+    from ray import tune
+
+    from tune_hw import progress, tracking, tuner
+
     first = progress.Progress(study, total=4, max_epochs=2)
     tuner.build_tuner(study, tmp_path, "r1", callbacks=[first], verbose=0)
     run_dir = tmp_path / "lr_batch" / "r1"
@@ -137,7 +150,7 @@ def test_on_a_terminal_the_progress_display_updates_in_place(tmp_path):
     # the lines the screen advanced: each redraw first moves back up over the one before
     assert text.count("\n") - text.count("\x1b[1A") < 40, text[-3000:]
     assert "Checkpoint successfully created" not in text and " INFO " not in text
-    assert re.search(r"best trial \w+ \(by validation\)", text)
+    assert re.search(r"best trial [\w-]+ \(by validation\)", text)
     assert "Checkpoint successfully created" in Path(tmp_path, "lr_batch", "t1",
                                                       layout.DRIVER_LOG).read_text()
 
@@ -151,5 +164,5 @@ def test_verbose_prints_rays_output_and_keeps_no_log(tmp_path):
     assert "Configuration for experiment" in out and "Checkpoint successfully created" in out
     assert "Started a local Ray instance" in out
     assert not re.search(r"trials \d/1 done", out)  # no progress display of ours
-    assert re.search(r"best trial \w+ \(by validation\)", proc.stdout)
+    assert re.search(r"best trial [\w-]+ \(by validation\)", proc.stdout)
     assert not Path(tmp_path, "lr_batch", "v1", layout.DRIVER_LOG).exists()

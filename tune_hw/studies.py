@@ -20,7 +20,7 @@ from tune_hw.training import OPTIMIZERS, TRAIN_DEFAULTS
 
 SEARCH_DEFAULTS = {"algorithm": "optuna", "num_samples": 10, "metric": Ranking.metric,
                    "mode": Ranking.mode, "max_concurrent": 0, "repeats": 1,
-                   "fuse": None}  # None: "off" (grouping.parse_fuse checks the value)
+                   "fuse": None}  # None: "auto" (grouping.parse_fuse checks the value)
 SCHEDULER_DEFAULTS = {"name": "asha", "grace_period": 1, "reduction_factor": 3}
 RESOURCE_DEFAULTS = {"cpu": 1.0, "gpu": 0.0}  # floats: fractions share a GPU (gpu: 0.25)
 FAILURE_DEFAULTS = {"max_failures": 2}
@@ -259,13 +259,9 @@ def _check_fuse(study: Study, where: str) -> None:
     """search.fuse: auto, off or a group size K."""
     search = study.search
     try:
-        search["fuse"] = grouping.parse_fuse("off" if search["fuse"] is None else search["fuse"])
+        search["fuse"] = grouping.parse_fuse("auto" if search["fuse"] is None else search["fuse"])
     except ValueError as exc:
         raise StudyError(f"{where}: {exc}") from None
-    if search["fuse"] != "off" and search["repeats"] > 1:  # the two landed apart; not joined yet
-        raise StudyError(f"{where}: search.fuse {search['fuse']!r} with search.repeats "
-                         f"{search['repeats']} is not supported yet: set search.fuse: off (or "
-                         "--fuse off) to run the repeats, or search.repeats: 1 to fuse")
 
 
 def _parse_space(study: Study, where: str) -> dict[str, Distribution]:
