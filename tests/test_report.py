@@ -224,13 +224,27 @@ def test_findings_open_the_report_with_each_claims_verdict(tmp_path):
         assert configs[cid]["val_low"] <= configs[cid]["val_mean"] <= configs[cid]["val_high"]
 
 
-def test_a_claim_study_yaml_no_longer_parses_is_a_warning_not_a_crash(tmp_path):
+def test_a_claim_study_yaml_does_not_hold_is_inconclusive_and_the_rest_are_tested(tmp_path):
     run = F.write_repeated_deep_run(tmp_path / "run", repeats=1)
+    kept = run.study["claims"]
     study = {**run.study, "claims": [{"name": "x", "compare": "nonsense", "group": "all",
-                                      "above": 0}]}
+                                      "above": 0}, *kept]}
     results.write_study(tmp_path / "run", study)
     s = make_report(tmp_path / "run", tmp_path / "out", "--bootstrap", "50")
-    assert s["findings"] == [] and "unknown metric 'nonsense'" in s["claims_error"]
+    assert s["claims_error"] is None and len(s["findings"]) == 1 + len(kept)
+    first = s["findings_detail"][0]
+    assert (first["name"], first["verdict"], first["n"]) == ("x", "inconclusive", 0)
+    assert "This run cannot test it" in first["sentence"]
+    assert "unknown metric 'nonsense'" in first["sentence"]
+    assert [f["name"] for f in s["findings"][1:]] == [c["name"] for c in kept]
+    assert "This run cannot test it" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_claims_that_are_not_a_list_are_a_warning_not_a_crash(tmp_path):
+    run = F.write_repeated_deep_run(tmp_path / "run", repeats=1)
+    results.write_study(tmp_path / "run", {**run.study, "claims": {"name": "x"}})
+    s = make_report(tmp_path / "run", tmp_path / "out", "--bootstrap", "50")
+    assert s["findings"] == [] and "claims must be a list" in s["claims_error"]
     assert "claims could not be read" in (tmp_path / "out" / "report.md").read_text()
 
 

@@ -170,21 +170,35 @@ class Selection(Claim):
 
 def parse_claims(raw: Any, study: dict[str, Any], where: str) -> tuple[Claim, ...]:
     """Validate a study's `claims:` list against the resolved study; () when it has none."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise UserError(f"{where}: claims must be a list of mappings, got "
-                        f"{type(raw).__name__}; write each claim as '- name: ...'")
-    domains = G.study_domains(study, where)
     claims, names = [], set()
-    for index, item in enumerate(raw):
-        claim = parse_claim(item, study, domains, ClaimContext(where, index))
+    for index, claim in enumerate(parse_each(raw, study, where)):
+        if isinstance(claim, UserError):
+            raise claim
         if claim.name in names:
             raise ClaimContext(where, index, claim.name).fail(
                 "name", "the name is used by an earlier claim", "give each claim its own name")
         names.add(claim.name)
         claims.append(claim)
     return tuple(claims)
+
+
+def parse_each(raw: Any, study: dict[str, Any], where: str) -> list[Claim | UserError]:
+    """Each claim parsed on its own against `study`: the Claim, or the error of one that does
+    not hold there (a run whose --set narrowed the space can test the others); raises what
+    stops every claim (claims not a list)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise UserError(f"{where}: claims must be a list of mappings, got "
+                        f"{type(raw).__name__}; write each claim as '- name: ...'")
+    domains = G.study_domains(study, where)
+    out: list[Claim | UserError] = []
+    for index, item in enumerate(raw):
+        try:
+            out.append(parse_claim(item, study, domains, ClaimContext(where, index)))
+        except UserError as exc:
+            out.append(exc)
+    return out
 
 
 def parse_claim(item: Any, study: dict[str, Any], domains: dict[str, KeyDomain],

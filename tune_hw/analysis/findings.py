@@ -46,7 +46,7 @@ from tune_hw.analysis.params import with_variants
 from tune_hw.analysis.selection import winner_position
 from tune_hw.analysis.trials import N_BOOTSTRAP, col, native, with_schema
 from tune_hw.claim_groups import Group, Selector, same_value
-from tune_hw.claims import Claim, Compare, Label, Selection, Trend
+from tune_hw.claims import KINDS, Claim, Compare, Label, Selection, Trend
 
 MIN_GROUP_TRIALS = 2  # a group of one trial says nothing about seed-to-seed variation
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
@@ -108,6 +108,17 @@ def evaluate(claims: tuple[Claim, ...] | list[Claim], trials: pd.DataFrame,
             values = TM.trial_values(claim.metric, t, epochs, grads, sizes)
             out.append(_metric_claim(claim, t, inside, values, rng, n_boot))
     return out
+
+
+def untestable(item: Any, index: int, reason: str) -> Finding:
+    """The finding of a claim this run cannot test (its group or key is outside the run's
+    space): inconclusive, with the reason as its sentence."""
+    item = item if isinstance(item, dict) else {}
+    kind = next((k for k in KINDS if k in item), "claim")
+    return Finding(name=str(item.get("name") or f"claims[{index}]"), kind=kind,
+                   verdict=INCONCLUSIVE, effect=math.nan, ci_low=math.nan, ci_high=math.nan,
+                   n=0, sentence=f"This run cannot test it: {reason}.", claimed="",
+                   basis="")
 
 
 def verdict(low: float, high: float, ci_low: float, ci_high: float) -> str:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from tune_hw.analysis import config_stats, findings
 from tune_hw.analysis.trials import N_BOOTSTRAP
-from tune_hw.claims import parse_claims
+from tune_hw.claims import parse_each
 from tune_hw.errors import UserError
 from tune_hw.report.document import Doc, fmt
 from tune_hw.results import Run
@@ -22,15 +22,19 @@ VERDICT_MARK = {"supported": "✔ supported", "contradicted": "✘ contradicted"
 def findings_summary(run: Run, trials: pd.DataFrame, epochs: pd.DataFrame, grads: pd.DataFrame,
                      n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
     """summary.json's `findings` (name, verdict, effect, ci_low, ci_high, n per claim) and
-    `findings_detail` (each with its sentence, claimed side, groups); a claim study.yaml holds
-    that no longer parses is reported as `claims_error`, not raised: the rest of the report
-    still stands."""
-    where = f"{run.path}/study.yaml"
+    `findings_detail` (each with its sentence, claimed side, groups). A claim that does not
+    hold for study.yaml (its --set narrowed the space) is inconclusive, with the reason; a
+    `claims:` that no longer parses at all is reported as `claims_error`, not raised: the
+    rest of the report still stands."""
+    raw = run.study.get("claims")
     try:
-        claims = parse_claims(run.study.get("claims"), run.study, where)
+        parsed = parse_each(raw, run.study, f"{run.path}/study.yaml")
     except UserError as exc:
         return {"findings": [], "findings_detail": [], "claims_error": str(exc)}
-    found = findings.evaluate(claims, trials, epochs, grads, run.study, n_boot, seed)
+    tested = iter(findings.evaluate([c for c in parsed if not isinstance(c, UserError)],
+                                    trials, epochs, grads, run.study, n_boot, seed))
+    found = [findings.untestable(raw[i], i, str(c)) if isinstance(c, UserError) else next(tested)
+             for i, c in enumerate(parsed)]
     return {"findings": [f.summary() for f in found],
             "findings_detail": [f.as_dict() for f in found], "claims_error": None}
 
