@@ -69,6 +69,22 @@ def test_write_and_load_round_trip(tmp_path):
     assert len(run.epochs) == 2 and run.grads.empty
 
 
+def test_a_run_written_before_the_later_columns_still_loads(tmp_path):
+    results.write_run(tmp_path, [record("a", [0.5, 0.6]), record("b", [0.4])],
+                      {"name": "s", "space": {}})
+    for name, dropped in ((layout.TRIALS_FILE, ["group_id", "config_id", "repeat",
+                                                "train_eval_size"]),
+                          (layout.EPOCHS_FILE, ["group_id", "train_loss_running"])):
+        frame = pd.read_parquet(tmp_path / name)
+        frame.drop(columns=dropped).to_parquet(tmp_path / name)
+    run = results.load_run(tmp_path)
+    trials, epochs = run.trials, run.epochs
+    assert trials.group_id.tolist() == trials.config_id.tolist() == ["a", "b"]
+    assert trials.repeat.tolist() == [0, 0] and trials.train_eval_size.isna().all()
+    assert epochs.group_id.tolist() == epochs.trial_id.tolist()
+    assert epochs.train_loss_running.isna().all()
+
+
 def test_a_failed_write_leaves_the_previous_file_readable(tmp_path):
     results.write_run(tmp_path, [record("a", [0.5])], {"name": "s"})
 

@@ -50,6 +50,11 @@ ASSIGNED_COLUMNS = ("trial_id", "group_id")
 REPORTED_COLUMNS = [c for c in EPOCH_COLUMNS if c not in ASSIGNED_COLUMNS]  # epoch, metrics
 METRIC_COLUMNS = [c for c in REPORTED_COLUMNS if c != "epoch"]  # what trackers log by epoch
 GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
+# columns added after runs were first written, and what a run from before them means (the
+# name of a column to copy, or a value): before fusion each trial was its own group; before
+# repeats each trial its own config, repeat 0; sizes and the running loss were not measured
+LATER_COLUMNS: dict[str, Any] = {"group_id": "trial_id", "config_id": "trial_id", "repeat": 0,
+                                 "train_eval_size": math.nan, "train_loss_running": math.nan}
 # plus one config/<key> each
 TRIAL_COLUMNS = ["trial_id", "group_id", "status", *TRIAL_SUMMARY_COLUMNS]
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")
@@ -309,8 +314,9 @@ def read_table(path: Path | ObjectPath, required: Iterable[str]) -> pd.DataFrame
                         f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); restore it "
                         "from a backup, or rerun the search") from None
     required = list(required)
-    if "group_id" in required and "group_id" not in table.columns and "trial_id" in table:
-        table["group_id"] = table["trial_id"]  # a run from before fusion: one trial per group
+    for column, fill in LATER_COLUMNS.items():  # a run written before the column existed
+        if column in required and column not in table.columns and "trial_id" in table:
+            table[column] = table[fill] if fill in table.columns else fill
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise UserError(f"{path} lacks the column(s) {missing} of the tune_hw schema: it was "
