@@ -153,3 +153,20 @@ def test_refused_or_missing_credentials_are_one_line(monkeypatch):
             storage.probe(location("s3://bkt/runs"))
     finally:
         stop_moto(proc)
+
+
+def test_a_resumed_run_on_a_bucket_continues_the_log_the_bucket_holds(s3_bucket, monkeypatch,
+                                                                     tmp_path):
+    monkeypatch.setattr(search.tempfile, "gettempdir", lambda: str(tmp_path))  # another machine
+    run_dir = location(f"{s3_bucket}/runs/lr_batch/r1")
+    earlier = b"session 1: Ray's lines\n"
+    storage.atomic_write(run_dir / "driver.log", lambda tmp: Path(tmp).write_bytes(earlier))
+    local = search.local_log_dir(run_dir) / "driver.log"
+    assert not local.exists()
+    search.download_log(run_dir)
+    assert local.read_bytes() == earlier  # the new session appends to it, then uploads it
+    local.write_bytes(earlier + b"session 2, killed before it uploaded\n")
+    search.download_log(run_dir)  # this machine's copy holds more: it is kept
+    assert local.read_bytes().endswith(b"killed before it uploaded\n")
+    search.upload_log(run_dir)
+    assert (run_dir / "driver.log").read_bytes() == local.read_bytes()

@@ -130,6 +130,8 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     resolved = {**study.resolved(), "data_sizes": sizes, "run_name": run_name}
     run_checks.check_writable(storage, run_dir.parent)  # first: an unreachable bucket
     run_checks.check_run_dir(run_dir, args.resume, resolved, storage)
+    if args.resume:
+        download_log(run_dir)
     with terminal.run_log(local_log_dir(run_dir), enabled=not args.verbose) as settle:
         if not args.verbose:
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in driver.log
@@ -167,6 +169,19 @@ def local_log_dir(run_dir: Path | ObjectPath) -> Path:
                  run_dir.name)
     local.mkdir(parents=True, exist_ok=True)
     return local
+
+
+def download_log(run_dir: Path | ObjectPath) -> None:
+    """A resumed run on object storage continues its log: the bucket's driver.log comes down
+    first, unless the local copy holds at least as much (this machine ran the last session
+    and was stopped before it uploaded)."""
+    remote = run_dir / layout.DRIVER_LOG
+    if isinstance(run_dir, Path) or not remote.is_file():
+        return
+    local = local_log_dir(run_dir) / layout.DRIVER_LOG
+    if not local.is_file() or local.stat().st_size < remote.stat().st_size:
+        data = remote.read_bytes()
+        atomic_write(local, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def upload_log(run_dir: Path | ObjectPath) -> None:
