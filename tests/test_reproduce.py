@@ -57,6 +57,9 @@ def test_the_index_lists_each_claim_escaped_with_its_verdict(tmp_path):
     assert '<td class=contradicted>contradicted</td><td>-0.25</td><td>[-0.3, -0.2]</td>' \
         '<td>6</td>' in page
     assert 'href="deep/index.html"' in page and "exit 1" in page
+    table = (tmp_path / "index.md").read_text().splitlines()
+    assert "| deep | 12.5 | a <b> claim | contradicted | -0.25 | [-0.3, -0.2] | 6 |" in table
+    assert "| epochs | 3 | no report (the search wrote no results) | | | | |" in table
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["profile"] == "quick" and summary["total_wall_s"] == 15.5
     assert summary["studies"][0]["findings"] == [finding]

@@ -9,9 +9,10 @@ of every study's claims and verdicts.
 Each study's run is <storage-path>/<study>/full (quick: .../quick), the names `transfer`'s
 `weights: run:pretrain/full` expects; a study that `run:`s another runs after it. A finished
 run is reported again, not rerun (delete its directory to run it afresh); an interrupted one
-is continued with --resume. The index is <out>/index.html and <out>/summary.json: per study
-its question, each claim with its verdict, effect and 95% interval, the report's link and the
-search's wall time; each study's report is <out>/<study>/.
+is continued with --resume. The index is <out>/index.html, <out>/index.md (a Markdown table)
+and <out>/summary.json: per study its question, each claim with its verdict, effect and 95%
+interval, the report's link and the search's wall time; each study's report is
+<out>/<study>/.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ def write_index(out: Path, entries: list[dict[str, Any]], quick: bool, total_s: 
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "studies": entries}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     (out / "index.html").write_text(index_html(summary))
+    (out / "index.md").write_text(index_markdown(summary))
 
 
 def index_html(summary: dict[str, Any]) -> str:
@@ -146,6 +148,31 @@ def index_html(summary: dict[str, Any]) -> str:
                         f"<td>{interval}</td><td>{f['n']}</td></tr>")
     return INDEX_PAGE.format(profile=e(summary["profile"]), date=e(summary["date"]),
                              total=summary["total_wall_s"], rows="\n".join(rows))
+
+
+def index_markdown(summary: dict[str, Any]) -> str:
+    """The index as a Markdown table (what the README's verdicts table is copied from)."""
+    lines = [f"Reproduce ({summary['profile']} profile), {summary['date']}; searches took "
+             f"{summary['total_wall_s']:g} s in all.", "",
+             "| study | search s | claim | verdict | effect | 95% CI | n |",
+             "|---|---|---|---|---|---|---|"]
+    for entry in summary["studies"]:
+        wall = "—" if entry["search_wall_s"] is None else f"{entry['search_wall_s']:g}"
+        for i, f in enumerate(entry["findings"] or [None]):
+            head = f"| {entry['study']} | {wall} |" if i == 0 else "| | |"
+            if f is None:
+                why = entry.get("claims_error") or "no report (the search wrote no results)"
+                lines.append(f"{head} {_cell(why)} | | | | |")
+                continue
+            interval = "—" if f["ci_low"] is None else f"[{f['ci_low']:.3g}, {f['ci_high']:.3g}]"
+            effect = "—" if f["effect"] is None else f"{f['effect']:.3g}"
+            lines.append(f"{head} {_cell(f['name'])} | {f['verdict']} | {effect} | {interval} "
+                         f"| {f['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
 
 
 INDEX_PAGE = """<!doctype html>
