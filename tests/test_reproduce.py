@@ -44,6 +44,16 @@ def test_run_state_new_finished_or_interrupted(tmp_path):
     assert reproduce.run_state(run) == "finished"
 
 
+def test_the_search_wall_adds_up_over_sessions_and_stays_with_the_run(tmp_path):
+    run = tmp_path / "deep" / "full"
+    assert reproduce.search_wall(run, 5.0) is None  # no run directory: nothing to keep
+    run.mkdir(parents=True)
+    assert reproduce.search_wall(run, None) is None  # never measured
+    assert reproduce.search_wall(run, 5.0) == 5.0
+    assert reproduce.search_wall(run, 2.25) == 7.2  # an interrupted search, resumed
+    assert reproduce.search_wall(run, None) == 7.2  # a finished run, reported again
+
+
 def test_the_index_lists_each_claim_escaped_with_its_verdict(tmp_path):
     finding = {"name": "a <b> claim", "verdict": "contradicted", "effect": -0.25,
                "ci_low": -0.3, "ci_high": -0.2, "n": 6}

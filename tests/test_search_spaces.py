@@ -227,6 +227,8 @@ def test_reproduce_quick_indexes_every_study_with_its_verdicts(storage, tmp_path
     again = reproduce.main(["--quick", "--storage-path", str(storage), "--out",
                             str(tmp_path / "again"), "--studies", "lr_batch",
                             "--bootstrap", "50"])
-    states = [e["state"] for e in json.loads((tmp_path / "again" / "summary.json")
-                                             .read_text())["studies"]]
-    assert again == 0 and states == ["finished"]
+    entries_again = json.loads((tmp_path / "again" / "summary.json").read_text())["studies"]
+    assert again == 0 and [e["state"] for e in entries_again] == ["finished"]
+    # the wall time of the session that searched it, kept with the run
+    assert entries_again[0]["search_wall_s"] == entries["lr_batch"]["search_wall_s"]
+    assert entries_again[0]["session_wall_s"] is None

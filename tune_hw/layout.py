@@ -21,6 +21,7 @@ STORAGE_ENV = "TUNE_HW_STORAGE"  # the storage root of relative references, driv
 TRIALS_FILE, EPOCHS_FILE, GRADS_FILE, STUDY_FILE = (
     "trials.parquet", "epochs.parquet", "grads.parquet", "study.yaml")
 DRIVER_LOG = "driver.log"  # everything Ray printed on the driver's terminal (unless --verbose)
+REPRODUCE_FILE = "reproduce.json"  # the search wall time reproduce measured, over its sessions
 # the run's Optuna storage (for optuna-dashboard), written by the driver only
 OPTUNA_FILE = "optuna.db"
 # a trial's saved states in its directory: the latest (retries, --resume) and its best epoch's

@@ -11,8 +11,8 @@ Each study's run is <storage-path>/<study>/full (quick: .../quick), the names `t
 run is reported again, not rerun (delete its directory to run it afresh); an interrupted one
 is continued with --resume. The index is <out>/index.html, <out>/index.md (a Markdown table)
 and <out>/summary.json: per study its question, each claim with its verdict, effect and 95%
-interval, the report's link and the search's wall time; each study's report is
-<out>/<study>/.
+interval, the report's link and the search's wall time (summed over the reproduce sessions
+that searched it: <run>/reproduce.json); each study's report is <out>/<study>/.
 """
 
 from __future__ import annotations
@@ -101,9 +101,10 @@ def reproduce_study(name: str, args: argparse.Namespace, storage: Path) -> dict[
         print(f"reproduce: {name}: {'resuming' if state == 'interrupted' else 'running'} "
               f"{' '.join(argv)}", flush=True)
         code = search.main(argv)
-    wall_s = time.perf_counter() - started
+    session_s = None if state == "finished" else time.perf_counter() - started
     entry = {"study": name, "run_dir": str(run_dir), "state": state, "exit_code": code,
-             "search_wall_s": None if state == "finished" else round(wall_s, 1),
+             "search_wall_s": search_wall(run_dir, session_s),
+             "session_wall_s": None if session_s is None else round(session_s, 1),
              "description": load_study(name, quick=args.quick).description,
              "report": None, "findings": []}
     if (run_dir / layout.TRIALS_FILE).is_file():
@@ -113,6 +114,17 @@ def reproduce_study(name: str, args: argparse.Namespace, storage: Path) -> dict[
         entry.update(report=f"{name}/index.html", findings=s.get("findings_detail", []),
                      claims_error=s.get("claims_error"))
     return entry
+
+
+def search_wall(run_dir: Path, session_s: float | None) -> float | None:
+    """The study's search wall time over every reproduce session that searched it (an
+    interrupted study's sessions add up), kept in <run>/reproduce.json; None if unknown."""
+    path = run_dir / layout.REPRODUCE_FILE
+    total = json.loads(path.read_text()).get("search_wall_s") if path.is_file() else None
+    if session_s is not None and run_dir.is_dir():
+        total = round((total or 0.0) + session_s, 1)
+        path.write_text(json.dumps({"search_wall_s": total}))
+    return total
 
 
 def write_index(out: Path, entries: list[dict[str, Any]], quick: bool, total_s: float) -> None:
