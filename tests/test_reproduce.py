@@ -73,3 +73,19 @@ def test_the_index_lists_each_claim_escaped_with_its_verdict(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["profile"] == "quick" and summary["total_wall_s"] == 15.5
     assert summary["studies"][0]["findings"] == [finding]
+
+
+def test_an_interrupted_search_stops_the_reproduce_with_130(tmp_path, monkeypatch, capsys):
+    searched = []
+
+    def interrupted(argv):  # a search the user stopped with Ctrl-C (search.main's exit code)
+        searched.append(argv[0])
+        return 130
+
+    monkeypatch.setattr(reproduce.search, "main", interrupted)
+    code = reproduce.main(["--quick", "--studies", "deep,epochs", "--storage-path",
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert code == 130 and searched == ["deep"]  # epochs is not started
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [e["study"] for e in summary["studies"]] == ["deep"]
+    assert "run the same command again to continue" in capsys.readouterr().err

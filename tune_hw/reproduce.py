@@ -35,6 +35,7 @@ from tune_hw.studies import load_study
 
 DEFAULT_OUT = Path("reports") / "reproduce"
 UNFINISHED = ("running", "pending")  # trials.parquet statuses of an interrupted search
+INTERRUPTED = 130  # search's exit code after Ctrl-C
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -208,12 +209,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.bootstrap is not None and args.bootstrap < 1:
             raise UserError(f"--bootstrap must be 1 or more, got {args.bootstrap}")
         storage = Path(args.storage_path).expanduser().resolve()
-        entries = [reproduce_study(name, args, storage) for name in study_names(args.studies)]
+        entries = []
+        for name in study_names(args.studies):
+            entries.append(reproduce_study(name, args, storage))
+            if entries[-1]["exit_code"] == INTERRUPTED:  # Ctrl-C stops the whole reproduce
+                break
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     write_index(args.out, entries, args.quick, time.perf_counter() - started)
     print(f"index written to {args.out / 'index.html'}")
+    if entries and entries[-1]["exit_code"] == INTERRUPTED:
+        print("reproduce interrupted: run the same command again to continue", file=sys.stderr)
+        return INTERRUPTED
     return 0 if all(e["exit_code"] == 0 for e in entries) else 1
 
 
