@@ -4,9 +4,9 @@ A thread samples every process (psutil) twice a second: the driver, Ray's daemon
 gcs_server, the dashboard and its agents, the log monitor, the autoscaler's monitor), Ray's
 worker processes, and everything else: in this benchmark's process tree, or outside it
 (other engineers' work on a shared machine).
-For each trial worker it also keeps the CPU of its main thread (the training loop) apart from
-its other threads (Ray's gRPC, event and metric threads), and the cores the worker used while
-it trained, which tells a worker that waited for a core from one that was busy with Ray.
+For each trial worker it also keeps the CPU of its busiest thread (the training loop) apart
+from its other threads (Ray's gRPC, event and metric threads), and the cores the worker used
+while it trained, which tells a worker that waited for a core from one busy with Ray.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ ROLES = (  # (role, what its command line holds), first match wins
     ("autoscaler_monitor", "autoscaler/_private/monitor.py"), ("ray_workers", "ray::"),
     ("ray_workers", "workers/default_worker.py"),
 )
+Sample = tuple[float, float, dict[int, float]]
 BUSY_CORES = 0.3  # a worker using more than this is training (or starting), not idle
 
 
@@ -53,7 +54,7 @@ class CpuAccount:
         self.cpu_s: dict[str, float] = {}
         self.roles: dict[int, str] = {}
         self.previous: dict[int, float] = {}
-        self.timeline: dict[int, list[tuple[float, float, float]]] = {}  # worker: t, cpu, main
+        self.timeline: dict[int, list[Sample]] = {}  # per worker: time, CPU, CPU per thread
         self.own_cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -96,11 +97,10 @@ class CpuAccount:
 
     def _follow_worker(self, proc: psutil.Process, now: float, cpu: float) -> None:
         try:
-            main = next((t.user_time + t.system_time for t in proc.threads()
-                         if t.id == proc.pid), 0.0)
+            threads = {t.id: t.user_time + t.system_time for t in proc.threads()}
         except psutil.Error:
             return
-        self.timeline.setdefault(proc.pid, []).append((now, cpu, main))
+        self.timeline.setdefault(proc.pid, []).append((now, cpu, threads))
 
     def result(self) -> dict[str, Any]:
         """CPU seconds and mean cores per role (the sampling's own CPU taken off the driver's),
@@ -115,9 +115,10 @@ class CpuAccount:
                 "trial_workers": workers}
 
 
-def busy_window(samples: list[tuple[float, float, float]]) -> dict[str, float] | None:
-    """A worker's cores used, and its main thread's share, over the middle 60 % of the span in
-    which it was busy (start-up and the last epoch's end left out); None for an idle worker."""
+def busy_window(samples: list[Sample]) -> dict[str, float] | None:
+    """A worker's cores used, and its busiest thread's share (Tune runs the trainable in a
+    thread of its own; the rest is Ray's threads), over the middle 60 % of the span in which
+    it was busy (start-up and the last epoch's end left out); None for an idle worker."""
     busy = [i for i in range(1, len(samples))
             if _cores(samples[i - 1], samples[i]) > BUSY_CORES]
     if len(busy) < 5:
@@ -129,10 +130,11 @@ def busy_window(samples: list[tuple[float, float, float]]) -> dict[str, float] |
         return None
     start, end = inside[0], inside[-1]
     cpu = end[1] - start[1]
+    busiest = max((used - start[2].get(tid, 0.0) for tid, used in end[2].items()), default=0.0)
     return {"busy_s": span, "cores": _cores(start, end),
-            "main_thread_share": (end[2] - start[2]) / cpu if cpu > 0 else None,
+            "training_thread_share": busiest / cpu if cpu > 0 else None,
             "cpu_s": samples[-1][1] - samples[0][1]}
 
 
-def _cores(a: tuple[float, float, float], b: tuple[float, float, float]) -> float:
+def _cores(a: Sample, b: Sample) -> float:
     return (b[1] - a[1]) / (b[0] - a[0]) if b[0] > a[0] else 0.0

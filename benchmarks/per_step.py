@@ -139,7 +139,7 @@ def roles_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                "v") for r in roles},
             "wall_s": field([run["account"] for run in runs], "wall_s"),
             "worker_cores": field(workers, "cores"),
-            "worker_main_thread_share": field(workers, "main_thread_share")}
+            "worker_training_thread_share": field(workers, "training_thread_share")}
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

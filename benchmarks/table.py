@@ -365,9 +365,9 @@ def per_step(case: dict[str, Any]) -> str:
     for role in sorted(set(one["cores"]) | set(two["cores"])):
         lines.append(f"| {role} | {cell(one['cores'].get(role), 2)} | "
                      f"{cell(two['cores'].get(role), 2)} |")
-    lines.append(f"| trial worker's main thread, share of its CPU | "
-                 f"{percent(one['worker_main_thread_share'])} | "
-                 f"{percent(two['worker_main_thread_share'])} |")
+    lines.append(f"| trial worker's training thread, share of the worker's CPU | "
+                 f"{percent(one['worker_training_thread_share'])} | "
+                 f"{percent(two['worker_training_thread_share'])} |")
     lines += ["", "Settings: " + "; ".join(
         f"{where}: " + ", ".join(f"{k} {v}" for k, v in values.items())
         for where, values in case["settings"].items()) + "."]
