@@ -1,6 +1,6 @@
 """Run tune_hw's benchmark suite and write benchmarks/RESULTS.md and benchmarks/results.json.
 
-    python -m benchmarks.run                        # full suite, ~20 minutes on 2 idle cores
+    python -m benchmarks.run                        # full suite, ~30 minutes on 2 idle cores
     python -m benchmarks.run --quick --out /tmp/b   # a one-minute smoke run (the tests run it)
     python -m benchmarks.run --only data_path overhead
 

@@ -61,7 +61,7 @@ def header(meta: dict[str, Any]) -> str:
     loaded = (other or 0) > BUSY_CORES or ((meta["load_average_start"] or [0])[0] > 0.5)
     lines = [
         "# tune_hw benchmarks", "",
-        f"Regenerate with `{meta['command']}` from the repository root (about 20 minutes on "
+        f"Regenerate with `{meta['command']}` from the repository root (about 30 minutes on "
         "an idle 2-core machine); every figure below, and every single repeat, is in "
         "`results.json` beside this file.", "",
         f"- **Machine:** {machine['cpu']}, {machine['cores']} cores, "

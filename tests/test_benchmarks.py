@@ -88,8 +88,11 @@ def test_figures_are_sane(quick_bench):
     per_step = cases["per_step"]
     assert set(per_step["variants"]) == {"minimal", "minimal_two", "run_trial", "tune_one",
                                          "tune_two"}
-    for entry in per_step["variants"].values():
-        assert entry["steps_per_s"]["median"] > 0 and entry["steps_per_cpu_s_vs_minimal"] > 0
+    for name, entry in per_step["variants"].items():
+        assert entry["steps_per_s"]["median"] > 0 and entry["steps_per_s_vs_minimal"] > 0
+        # a quick trial trains for under a second: its worker may show no busy window
+        if not name.startswith("tune"):
+            assert entry["steps_per_cpu_s_vs_minimal"] > 0
     for name in ("tune_one", "tune_two"):  # Ray's daemons, the driver and the trial workers
         cores = per_step["variants"][name]["account"]["cores"]
         assert {"driver", "raylet", "gcs_server", "ray_workers"} <= set(cores)

@@ -98,8 +98,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, split: d
 class StepLosses:
     """An epoch's step losses, kept on the device (no sync per step) and stacked every
     `LOSS_CHUNK` steps: a list of one small tensor per step, 100,000 of them at batch 1,
-    made the epoch ~7 % slower than a short one (allocator and garbage-collector work on
-    every live tensor); a per-step write into one preallocated tensor costs ~2 %."""
+    made a 100k-step epoch ~8 % slower per CPU-second than the minimal loop, more the
+    longer the epoch (benchmarks/RESULTS.md, per_step); a per-step write into one
+    preallocated tensor costs ~2 %."""
 
     def __init__(self) -> None:
         self.chunks: list[torch.Tensor] = []
