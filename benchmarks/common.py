@@ -89,14 +89,18 @@ def ray_worker_niceness() -> int:
     return ray.get(niceness.remote())
 
 
-def start_peer(niceness: int) -> ProcessPoolExecutor:
-    """A warm process at the trials' priority that runs the bare loop and plain Optuna.
+def start_peer(niceness: int, workers: int = 1) -> ProcessPoolExecutor:
+    """Warm processes at the trials' priority that run the bare loop and plain Optuna.
 
     Ray runs trials at niceness 15; on a shared machine a bare loop at niceness 0 would win
     every contended core from them, and the comparison would measure the OS scheduler.
     """
-    return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(max_workers=workers,
+                               mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_peer, initargs=(niceness,))
+    for future in [pool.submit(time.sleep, 0.5) for _ in range(workers)]:
+        future.result()  # every process started and warm before anything is timed
+    return pool
 
 
 def _init_peer(niceness: int) -> None:
@@ -112,28 +116,41 @@ def bare_train(config: dict[str, Any], splits: data.Splits) -> float:
     Same model (`models.build`), tensors, seed, optimizer, batch size and epochs as the tool;
     returns the best validation accuracy (it matches tune_hw's, which shows the work is equal).
     """
-    dataset, hp, train = split_config(config)
-    if train["optimizer"] != "sgd" or train["weight_decay"]:
-        raise ValueError("the bare loop is plain SGD with momentum: set the config to match")
-    torch.manual_seed(train["seed"])
-    model = models.build(hp.pop("name"), splits.in_shape, splits.num_classes, **hp)
-    optimizer = torch.optim.SGD(model.parameters(), lr=train["lr"], momentum=train["momentum"])
-    generator = torch.Generator().manual_seed(train["seed"])
-    x, y, best = splits.train.x, splits.train.y, 0.0
+    model, optimizer, generator, train = bare_net(config, splits)
+    best = 0.0
     for _ in range(train["epochs"]):
-        model.train()
-        order = torch.randperm(len(y), generator=generator)
-        for start in range(0, len(y), train["batch_size"]):
-            idx = order[start:start + train["batch_size"]]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        bare_epoch(model, optimizer, generator, splits.train, train["batch_size"])
         model.eval()
         with torch.no_grad():
             predicted = model(splits.val.x).argmax(1)
         best = max(best, (predicted == splits.val.y).float().mean().item())
     return best
+
+
+def bare_net(config: dict[str, Any], splits: data.Splits) -> tuple[
+        torch.nn.Module, torch.optim.Optimizer, torch.Generator, dict[str, Any]]:
+    """The bare loop's model, plain SGD, batch-order generator and train settings."""
+    _, hp, train = split_config(config)
+    if train["optimizer"] != "sgd" or train["weight_decay"]:
+        raise ValueError("the bare loop is plain SGD with momentum: set the config to match")
+    torch.manual_seed(train["seed"])
+    model = models.build(hp.pop("name"), splits.in_shape, splits.num_classes, **hp)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train["lr"], momentum=train["momentum"])
+    return model, optimizer, torch.Generator().manual_seed(train["seed"]), train
+
+
+def bare_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               generator: torch.Generator, split: data.Split, batch_size: int) -> None:
+    """One epoch of the minimal loop: shuffle, slice, step (nothing kept, nothing checked)."""
+    model.train()
+    x, y = split.x, split.y
+    order = torch.randperm(len(y), generator=generator)
+    for start in range(0, len(y), batch_size):
+        idx = order[start:start + batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def bare_run(configs: list[dict[str, Any]]) -> dict[str, Any]:

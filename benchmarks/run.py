@@ -1,6 +1,6 @@
 """Run tune_hw's benchmark suite and write benchmarks/RESULTS.md and benchmarks/results.json.
 
-    python -m benchmarks.run                        # full suite, ~20 minutes on 2 idle cores
+    python -m benchmarks.run                        # full suite, ~30 minutes on 2 idle cores
     python -m benchmarks.run --quick --out /tmp/b   # a one-minute smoke run (the tests run it)
     python -m benchmarks.run --only data_path overhead
 
@@ -10,8 +10,9 @@ Cases: overhead (tune_hw vs a bare PyTorch loop), data_path (tune_hw's batching 
 DataLoader), search_efficiency (ASHA + Optuna vs FIFO + random vs plain Optuna), scaling
 (1 vs 2 concurrent trials, memory), snapshot (Tune's experiment snapshots at 1,000 short
 trials, against per-epoch Tune checkpoints), fusion (K stacked members vs one model at a
-time). Variants run interleaved with repeats; medians and min-max are reported with the
-machine's load, because a shared machine makes every timing noisy.
+time), per_step (a batch-1 training step in a Tune trial vs outside Ray, and where the
+machine's CPU went). Variants run interleaved with repeats; medians and min-max are reported
+with the machine's load, because a shared machine makes every timing noisy.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import datapath, efficiency, fusion, overhead, scaling, snapshot, table
+from benchmarks import datapath, efficiency, fusion, overhead, per_step, scaling, snapshot, table
 from benchmarks.common import TORCH_THREADS, log, ray_worker_niceness, start_peer, warm_up
 from benchmarks.machine import REPO, Monitor, load_average, machine_info, versions
 
-CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot", "fusion")
+CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot", "fusion",
+         "per_step")
 NO_RAY = ("data_path", "fusion")  # cases that train in this process, before Ray starts
 HERE = Path(__file__).resolve().parent
 
@@ -77,11 +79,13 @@ def one_time_costs(quick: bool, storage: Path) -> dict[str, Any]:
 
 
 def start_ray() -> float:
-    """tune_hw's own Ray start (cluster.init_ray), timed; later searches reuse it."""
+    """tune_hw's own Ray start (cluster.init_ray on 127.0.0.1, as the CLI starts it), timed;
+    later searches reuse it."""
     from tune_hw import cluster
 
     started = time.perf_counter()
-    cluster.init_ray(None)
+    with cluster.ray_on_loopback(True):
+        cluster.init_ray(None)
     return time.perf_counter() - started
 
 
@@ -111,10 +115,21 @@ def run_cases(args: argparse.Namespace, storage: Path, monitor: Monitor) -> dict
                 cases["scaling"] = scaling.run(profile, storage, monitor)
             if "snapshot" in ray_cases:
                 cases["snapshot"] = snapshot.run(profile, storage)
+            if "per_step" in ray_cases:
+                cases["per_step"] = run_per_step(profile, storage, peer, meta)
         finally:
             peer.shutdown()
             ray.shutdown()  # only the instance this process started
     return {"meta": meta, "cases": cases}
+
+
+def run_per_step(profile: str, storage: Path, peer: Any, meta: dict[str, Any]) -> Any:
+    """Case per_step, with a second pair of warm processes for two minimal loops at once."""
+    pair = start_peer(meta["trial_niceness"], workers=2)
+    try:
+        return per_step.run(profile, storage, peer, pair)
+    finally:
+        pair.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,8 @@ def render(report: dict[str, Any]) -> str:
         parts.append(snapshot(cases["snapshot"]))
     if "fusion" in cases:
         parts.append(fusion(cases["fusion"]))
+    if "per_step" in cases:
+        parts.append(per_step(cases["per_step"]))
     return "\n".join(parts)
 
 
@@ -59,7 +61,7 @@ def header(meta: dict[str, Any]) -> str:
     loaded = (other or 0) > BUSY_CORES or ((meta["load_average_start"] or [0])[0] > 0.5)
     lines = [
         "# tune_hw benchmarks", "",
-        f"Regenerate with `{meta['command']}` from the repository root (about 20 minutes on "
+        f"Regenerate with `{meta['command']}` from the repository root (about 30 minutes on "
         "an idle 2-core machine); every figure below, and every single repeat, is in "
         "`results.json` beside this file.", "",
         f"- **Machine:** {machine['cpu']}, {machine['cores']} cores, "
@@ -130,6 +132,8 @@ def summary(cases: dict[str, Any]) -> str:
                      "at a time (steps per CPU-second): "
                      + ", ".join(f"{times(r)} for {key.replace('/', ' at batch ')}"
                                  for key, r in best.items()) + ".")
+    if "per_step" in cases:
+        lines.append(per_step_summary(cases["per_step"]["variants"]))
     return "\n".join(lines) + "\n"
 
 
@@ -321,4 +325,50 @@ def fusion(case: dict[str, Any]) -> str:
         rates = entry["steps_per_cpu_s"]
         lines.append(f"| {key.replace('/', ' / ')} | {cell(rates['grouped'], 0)} | "
                      f"{cell(rates['vmap'], 0)} | {times(entry['grouped_vs_vmap'])} |")
+    return "\n".join(lines) + "\n"
+
+
+PER_STEP = {"minimal": "(a) minimal loop", "minimal_two": "(a2) two minimal loops at once",
+            "run_trial": "(b) `run_trial` outside Ray", "tune_one": "(c) one Tune trial alone",
+            "tune_two": "(c) two Tune trials at once"}
+
+
+def per_step_summary(variants: dict[str, Any]) -> str:
+    rates = "; ".join(f"{PER_STEP[name]} {cell(v['steps_per_s'], 0)}"
+                      for name, v in variants.items())
+    return ("- **Per step** (batch 1, lr_batch's MLP), training steps/s: " + rates
+            + f"; two trials at once run {times(variants['tune_two']['steps_per_s_vs_minimal'])}"
+            " the minimal loop's steps/s.")
+
+
+def per_step(case: dict[str, Any]) -> str:
+    cfg = case["config"]
+    lines = [
+        "## 7. Per step: a batch-1 training step inside a Tune trial vs outside Ray", "",
+        f"lr_batch's MLP (width {cfg['model.width']}, depth {cfg['model.depth']}, SGD + "
+        f"momentum) on {cfg['dataset.n_train']:,} countries rows, batch 1, one epoch, one torch "
+        f"thread, every variant at the trials' niceness; {case['repeats']} interleaved repeats. "
+        "Steps/s count training only (start-up and evaluation left out); steps per CPU-second "
+        "divide by the cores the training process used while it trained.", "",
+        "| variant | steps/s | steps per CPU-s | cores used | steps/s ÷ (a) | ÷ (b) "
+        "| per CPU-s ÷ (a) |", "|---|---|---|---|---|---|---|"]
+    for name, v in case["variants"].items():
+        lines.append(f"| {PER_STEP[name]} | {cell(v['steps_per_s'], 0)} | "
+                     f"{cell(v['steps_per_cpu_s'], 0)} | {cell(v['cores'], 2)} | "
+                     f"{times(v['steps_per_s_vs_minimal'])} | "
+                     f"{times(v['steps_per_s_vs_run_trial'])} | "
+                     f"{times(v['steps_per_cpu_s_vs_minimal'])} |")
+    lines += ["", "Where the machine's CPU went while the Tune trials ran (mean cores busy over "
+              "the search's wall time; `outside`: other work on the machine):", "",
+              "| role | one trial | two trials |", "|---|---|---|"]
+    one, two = (case["variants"][k]["account"] for k in ("tune_one", "tune_two"))
+    for role in sorted(set(one["cores"]) | set(two["cores"])):
+        lines.append(f"| {role} | {cell(one['cores'].get(role), 2)} | "
+                     f"{cell(two['cores'].get(role), 2)} |")
+    lines.append(f"| trial worker's training thread, share of the worker's CPU | "
+                 f"{percent(one['worker_training_thread_share'])} | "
+                 f"{percent(two['worker_training_thread_share'])} |")
+    lines += ["", "Settings: " + "; ".join(
+        f"{where}: " + ", ".join(f"{k} {v}" for k, v in values.items())
+        for where, values in case["settings"].items()) + "."]
     return "\n".join(lines) + "\n"

@@ -10,9 +10,10 @@ import math
 
 import pytest
 
-CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot", "fusion")
+CASES = ("overhead", "data_path", "search_efficiency", "scaling", "snapshot", "fusion",
+         "per_step")
 HEADINGS = ("## 1. Overhead", "## 2. Data path", "## 3. Search efficiency", "## 4. Scaling",
-            "## 5. Snapshots", "## 6. Fusion")
+            "## 5. Snapshots", "## 6. Fusion", "## 7. Per step")
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,21 @@ def test_figures_are_sane(quick_bench):
         assert set(entry["steps_per_cpu_s_ratio"]) == {"1", "4"}
         assert all(r > 0 for r in entry["steps_per_cpu_s_ratio"].values())
     assert all(e["grouped_vs_vmap"] > 0 for e in fusion["mechanism"].values())
+    per_step = cases["per_step"]
+    assert set(per_step["variants"]) == {"minimal", "minimal_two", "run_trial", "tune_one",
+                                         "tune_two"}
+    for name, entry in per_step["variants"].items():
+        assert entry["steps_per_s"]["median"] > 0 and entry["steps_per_s_vs_minimal"] > 0
+        # a quick trial trains for under a second: its worker may show no busy window
+        if not name.startswith("tune"):
+            assert entry["steps_per_cpu_s_vs_minimal"] > 0
+    for name in ("tune_one", "tune_two"):  # Ray's daemons, the driver and the trial workers
+        cores = per_step["variants"][name]["account"]["cores"]
+        assert {"driver", "raylet", "gcs_server", "ray_workers"} <= set(cores)
+        assert cores["ray_workers"]["median"] > 0
+    inside = per_step["settings"]["trial_worker"]
+    assert inside["torch_threads"] == 1 and inside["niceness"] == per_step["settings"]["peer"][
+        "niceness"]
 
 
 def test_useful_members_is_the_largest_k_near_the_best_gain():

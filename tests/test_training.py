@@ -100,3 +100,37 @@ def test_a_searched_whole_model_section_overrides_its_fixed_keys(tiny_countries)
     assert hp == {"name": "mlp", "width": 8, "depth": 1}
     rows, _ = collect(config)
     assert rows[0]["num_params"] == 2 * 8 + 8 + 8 * 8 + 8 + 8 * 10 + 10
+
+
+@pytest.mark.parametrize("chunk", [1, 100, 512, 4096])
+def test_an_epochs_loss_statistics_match_a_loop_that_keeps_every_step_loss(
+        tiny_countries, monkeypatch, chunk):
+    # The loop stacks step losses per chunk (no sync per step, no 100,000 live tensors):
+    # the epoch's mean and spread equal those of every step's loss kept and read at once,
+    # whether the epoch is one chunk, many full chunks or ends in a partial chunk.
+    config = {**tiny_countries, "train.batch_size": 1, "train.epochs": 1}
+    monkeypatch.setattr(training, "LOSS_CHUNK", chunk)
+    splits = training.load_splits(training.split_config(config)[0])
+    model, optimizer, generator = training.build_net(config, splits)
+    stats = training.train_one_epoch(model, optimizer, splits.train, 1, generator)
+    model, optimizer, generator = training.build_net(config, splits)
+    order, step_losses = torch.randperm(len(splits.train), generator=generator), []
+    for i in order.tolist():
+        loss = torch.nn.functional.cross_entropy(model(splits.train.x[i:i + 1]),
+                                                 splits.train.y[i:i + 1])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step_losses.append(loss.item())
+    kept = torch.tensor(step_losses)
+    assert stats.steps == 512 and stats.finite
+    assert stats.loss == pytest.approx(float(kept.mean()), rel=1e-6)
+    assert stats.loss_std == pytest.approx(float(kept.std()), rel=1e-6)
+
+
+def test_step_losses_come_back_in_step_order_across_chunks(monkeypatch):
+    monkeypatch.setattr(training, "LOSS_CHUNK", 3)
+    losses = training.StepLosses()
+    for value in range(10):
+        losses.add(torch.tensor(float(value), requires_grad=True) * 1)
+    assert losses.all().tolist() == [float(v) for v in range(10)]
