@@ -39,7 +39,7 @@ class GroupSearcher(Searcher):
         self.repeats = study.search["repeats"]
         self.dists = {k: d.to_optuna() for k, d in study.distributions.items()}
         self.total = self.left = study.search["num_samples"]  # configs: all, still to propose
-        self.cap = max(1, study.search["num_samples"] // max(1, slots))  # >= slots groups
+        self.slots = max(1, slots)
         direction = "maximize" if study.search["mode"] == "max" else "minimize"
         sampler = optuna.samplers.TPESampler(seed=study.train["seed"], constant_liar=True)
         self.ot = optuna.create_study(direction=direction, sampler=sampler)
@@ -72,7 +72,9 @@ class GroupSearcher(Searcher):
         config whose repeats outnumber the largest group spans several groups)."""
         first = self.ot.ask(self.dists)
         largest = grouping.largest_group({**self.fixed, **first.params}, self.fuse)
-        size = min(max(1, largest // self.repeats), self.cap, self.left)
+        # the configs left spread over at least as many groups as trial slots: a group holds
+        # at most 1/slots of them, so the last groups do not leave slots idle while one runs
+        size = min(max(1, largest // self.repeats), math.ceil(self.left / self.slots))
         structural = {k: v for k, v in first.params.items() if k not in fused.MEMBER_KEYS}
         asked = [first]
         for _ in range(size - 1):
