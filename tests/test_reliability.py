@@ -201,6 +201,13 @@ def test_ctrl_c_saves_state_writes_parquet_and_prints_the_resume_command(tmp_pat
     hint = next(line for line in err.splitlines() if line.startswith("continue it with: "))
     partial = pd.read_parquet(run_dir / "trials.parquet")
     assert "completed" in set(partial.status) and len(partial) <= 3
+    # the display counts as done only what finished: Tune also ends the trials it stops at
+    # the interrupt (the final line showed them as early_stopped and error)
+    lines = re.findall(r"trials (\d+)/3 done \| \d+ running, \d+ pending( \|[^|\n]*)?", out)
+    assert lines, out[-2000:]
+    for done, counts in lines:  # FIFO, no failure: nothing is early-stopped or an error
+        assert int(done) <= (partial.status == "completed").sum(), out[-2000:]
+        assert "early_stopped" not in counts and "error" not in counts, out[-2000:]
 
     command = shlex.split(hint.removeprefix("continue it with: "))
     assert command[:3] == ["python", "-m", "tune_hw.search"] and command[-1] == "--resume"

@@ -63,7 +63,8 @@ class View:
 class Progress(Callback):
     """The progress display of one search (pickled with the Tuner: live handles are dropped)."""
 
-    _live = ("_out", "_rich", "_members", "_seen", "_t0", "_epochs", "_last", "_table_last")
+    _live = ("_out", "_rich", "_members", "_seen", "_done", "_t0", "_epochs", "_last",
+             "_table_last")
 
     def __init__(self, study: Study, total: int, max_epochs: int, every_s: float = 20.0,
                  table_every_s: float = 30.0):
@@ -78,7 +79,7 @@ class Progress(Callback):
     # -- Tune's hooks
     def setup(self, **info: Any) -> None:
         self._out = terminal.open_stream()
-        self._members, self._seen = {}, set()
+        self._members, self._seen, self._done = {}, set(), set()
         self._t0, self._epochs, self._last, self._table_last = time.monotonic(), 0, None, None
         if self._out.isatty():
             self._rich = LiveDisplay(self._out)
@@ -93,6 +94,7 @@ class Progress(Callback):
         self._refresh(trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._done.add(trial.trial_id)
         terminal.warn(f"trial {trial.trial_id} failed: {_last_error_line(trial)} "
                       "(the traceback is in driver.log)")
         self._refresh(trials)
@@ -101,6 +103,7 @@ class Progress(Callback):
         self._refresh(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._done.add(trial.trial_id)
         self._refresh(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -135,6 +138,8 @@ class Progress(Callback):
             if trial.trial_id in self._seen:
                 continue
             self._seen.add(trial.trial_id)
+            if trial.status in ENDED:  # ended in an earlier session
+                self._done.add(trial.trial_id)
             path = Path(trial.path) if trial.path else None
             for row in ray_files.trial_rows(path) if path and path.is_dir() else []:
                 self._absorb(trial, row)
@@ -148,7 +153,8 @@ class Progress(Callback):
         by_status, running, todo = dict.fromkeys(STATUSES, 0), 0, 0
         for trial in trials:
             group = members.get(trial.trial_id, [])
-            if trial.status in ENDED:
+            # Tune also ends the trials it stops at an interrupt: those are not done
+            if trial.status in ENDED and trial.trial_id in self._done:
                 for status in [m.status(trial.status) for m in group] or ["error"]:
                     by_status[status] += 1
                 continue
