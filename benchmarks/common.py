@@ -173,8 +173,10 @@ def load_data(config: dict[str, Any]) -> data.Splits:
 
 def search_argv(storage: Path, name: str, fixed: dict[str, Any],
                 space: dict[str, Any] | None = None) -> list[str]:
-    """`python -m tune_hw.search lr_batch ...` arguments: fixed keys, then searched keys."""
-    argv = [STUDY, "--storage-path", str(storage), "--name", name]
+    """`python -m tune_hw.search lr_batch ...` arguments: fixed keys, then searched keys;
+    unfused unless `fixed` says otherwise (these cases measure one trial per config: fusion
+    is benchmarked by `fusion` and `fused_study`)."""
+    argv = [STUDY, "--storage-path", str(storage), "--name", name, "--fuse", "off"]
     for key, value in fixed.items():
         argv += ["--set", f"{key}={json.dumps(value)}"]  # JSON is valid YAML flow style
     for key, value in (space or {}).items():

@@ -200,6 +200,22 @@ def test_a_restored_group_searcher_grows_to_more_configs_never_fewer(tmp_path):
     assert len(restored.ot.trials) == 8 and restored.total == 8
 
 
+def test_a_group_searcher_pickled_before_repeats_joined_unpickles_and_grows():
+    import pickle
+
+    searcher = GroupSearcher(load_study("lr_batch", overrides={"search.num_samples": 4}), 2)
+    while searcher.suggest(f"t{len(searcher.groups)}") != Searcher.FINISHED:
+        pass
+    for name in ("repeats", "slots", "queue", "chunk", "epochs", "ended", "total"):
+        del searcher.__dict__[name]  # the fields an older tuner.pkl does not hold
+    old = pickle.loads(pickle.dumps(searcher))
+    assert (old.repeats, old.total, old.queue) == (1, 4, [])
+    old.on_trial_complete("t0", {"members": {"t0-m00": {"val_acc": 0.5, "epoch": 2,
+                                                        "member_status": "completed"}}})
+    old.grow(6)
+    assert old.suggest("late") != Searcher.FINISHED
+
+
 @pytest.mark.parametrize("mode", ["max", "min"])
 def test_the_rung_board_decides_as_rays_asha(mode):
     """The same results in the same order: the board stops exactly the trials ASHA stops."""
@@ -241,6 +257,8 @@ def test_the_rung_board_judges_a_configs_repeats_by_their_mean():
                      ("mixed", 1, 0.05), ("fine", 1, 0.7)])
     assert replayed.rungs == board.rungs
     assert board.decide([("nan", 1, math.nan), ("nan", 1, math.nan)]) == []  # diverged: leaves
+    # mixed's third repeat trains in another group: it stops when it reports, at any epoch
+    assert board.decide([("mixed", 1, 0.99), ("fine", 2, 0.7)]) == ["mixed"]
 
 
 def test_a_bad_fuse_is_one_line_and_exit_2(cli, tmp_path):

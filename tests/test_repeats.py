@@ -68,6 +68,13 @@ def runs(tmp_path_factory):
                                     "--fuse", fuse])
                 assert code == 0
                 out[algorithm, fuse] = results.load_run(root / path.stem / fuse)
+        # batch 1024, where fusion does not pay: each repeat a group of its own, so Tune
+        # makes more trials (groups) than num_samples (configs)
+        path = root / "rep_1024.yaml"
+        path.write_text(STUDY.replace("ALGORITHM", "optuna").replace("[32, 64]", "[1024]")
+                        .replace("n_train: 300", "n_train: 1100"))
+        code = search.main([str(path), "--storage-path", str(root), "--name", "auto"])
+        out["optuna", "1024"] = (code, results.load_run(root / path.stem / "auto"))
     finally:
         ray.shutdown()
         os.environ.pop("TUNE_HW_STORAGE", None)
@@ -89,6 +96,14 @@ def test_each_config_runs_once_per_repeat_with_its_own_seed(runs, algorithm, fus
         # different seeds: different initial weights and batch orders, so different curves
         assert group.val_loss_at_best.nunique() == 2
     assert trials.groupby("config_id")["config/train.lr"].first().nunique() == 2
+
+
+def test_fused_optuna_repeats_in_groups_of_one_all_run(runs):
+    code, run = runs["optuna", "1024"]
+    trials = run.trials
+    assert code == 0 and len(trials) == 4 and set(trials.status) == {"completed"}
+    assert trials.group_id.nunique() == 4 and trials.config_id.nunique() == 2
+    assert sorted(trials.groupby("config_id").repeat.apply(sorted).tolist()) == [[0, 1]] * 2
 
 
 def test_fused_repeats_train_as_the_unfused_repeats(runs):

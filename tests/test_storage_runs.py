@@ -154,3 +154,12 @@ def test_a_resume_may_raise_num_samples_only():
     # only num_samples is set aside: any other change still differs
     assert run_checks._without_growth(stored) == {"search": {"metric": "val_acc"},
                                                   "train": {"epochs": 2}}
+
+
+def test_a_resume_that_differs_in_fuse_says_which_fuse_to_add():
+    from tune_hw import run_checks
+
+    stored = {"search": {"num_samples": 8, "fuse": "off"}}  # made before auto was the default
+    assert run_checks._fuse_hint(stored, {"search": {"num_samples": 8, "fuse": "auto"}}) == \
+        "; its search.fuse was 'off', now 'auto': add --fuse off"
+    assert run_checks._fuse_hint(stored, stored) == ""

@@ -7,7 +7,8 @@ which every group asks after each epoch.
 
 The member configs are drawn exactly as `BasicVariantGenerator(random_state=seed)` draws
 today's trials (Ray's `generate_variants`, `num_samples` times, one seeded generator), so a
-fused study trains the very configs its unfused run would. `num_samples` counts member trials.
+fused study trains the very configs its unfused run would. `num_samples` counts what it counts
+unfused: member trials (configs x repeats) of a grid/random search, configs under Optuna.
 """
 
 from __future__ import annotations
@@ -54,13 +55,16 @@ def group_configs(study: Study, space: dict[str, Any], slots: int) -> list[dict[
 def group_search(study: Study, space: dict[str, Any]) -> tuple[dict[str, Any], int, Any]:
     """(param space, num_samples, search algorithm) of the Tuner of a fused study: a grid
     over the groups, each group one trial, at most `max_concurrent` running; with Optuna, a
-    GroupSearcher that proposes each group (at most num_samples of them) when it starts. Both
+    GroupSearcher that proposes each group when it starts (num_samples configs in all). Both
     follow a moved run (resumable); the Optuna one also grows on --resume --num-samples."""
     slots = cluster.concurrent_slots(study.resources)
     if study.search["algorithm"] == "optuna":
         limit = study.search["max_concurrent"] or max(1, slots)
         searcher = ConcurrencyLimiter(GroupSearcher(study, slots), max_concurrent=limit)
-        return {}, study.search["num_samples"], resumable.GrowingSearch(searcher)
+        # Tune's bound on its trials (groups): every group has a member, so at most the
+        # members; the GroupSearcher says FINISHED once it has proposed num_samples configs
+        members = study.search["num_samples"] * study.search["repeats"]
+        return {}, members, resumable.GrowingSearch(searcher)
     groups = group_configs(study, space, max(1, slots))
     searcher = resumable.GrowingVariants(max_concurrent=study.search["max_concurrent"])
     return {GROUP_KEY: tune.grid_search(groups)}, 1, searcher

@@ -47,7 +47,7 @@ class GroupSearcher(Searcher):
         self.groups: dict[str, list[str]] = {}  # Tune trial id -> its member ids
         self.last: dict[str, float] = {}  # member id -> its last reported value
         self.ended: dict[int, list[str]] = defaultdict(list)  # Optuna trial -> ended members
-        self.epochs: dict[tuple[int, int], list[float]] = defaultdict(list)  # per epoch
+        self.epochs: dict[tuple[int, int], dict[str, float]] = {}  # (config, epoch): values
         self.queue: list[tuple[optuna.trial.Trial, int]] = []  # (config, repeat) to group
         self.chunk = 1  # the members of one group while the queue lasts
 
@@ -95,16 +95,18 @@ class GroupSearcher(Searcher):
             if member not in self.trials or not isinstance(value, (int, float)):
                 continue
             self.last[member] = float(value)
-            self._report(self.trials[member], float(value), int(row.get("epoch", 0)))
+            self._report(member, float(value), int(row.get("epoch", 0)))
             if row.get(MEMBER_STATUS_KEY) in MEMBER_ENDED:
                 self._tell(member, error=False)
 
-    def _report(self, trial: optuna.trial.Trial, value: float, epoch: int) -> None:
-        """The config's intermediate value at `epoch`: the mean once all its repeats have one."""
-        values = self.epochs[(trial.number, epoch)]
-        values.append(value)
+    def _report(self, member: str, value: float, epoch: int) -> None:
+        """The config's intermediate value at `epoch`: the mean once all its repeats have one
+        (keyed by member: a row seen twice counts once)."""
+        trial = self.trials[member]
+        values = self.epochs.setdefault((trial.number, epoch), {})
+        values[member] = value
         if len(values) == self.repeats:
-            trial.report(_mean(values), epoch)
+            trial.report(_mean(list(values.values())), epoch)
             del self.epochs[(trial.number, epoch)]
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
@@ -131,12 +133,13 @@ class GroupSearcher(Searcher):
         else:
             self.ot.tell(trial, value)
 
-    def grow(self, num_samples: int) -> None:
-        """A restored search raised to `num_samples` configs (--resume --num-samples) proposes
-        the difference; never fewer (a run never shrinks)."""
-        if num_samples > self.total:
-            self.left += num_samples - self.total
-            self.total = num_samples
+    def grow(self, tune_samples: int) -> None:
+        """A restored search raised to Tune's `tune_samples` (num_samples x repeats: --resume
+        --num-samples) proposes the configs it lacks; never fewer (a run never shrinks)."""
+        configs = tune_samples // self.repeats
+        if configs > self.total:
+            self.left += configs - self.total
+            self.total = configs
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as out:
@@ -144,7 +147,15 @@ class GroupSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as source:
-            self.__dict__.update(pickle.load(source))
+            self.__setstate__({**self.__dict__, **pickle.load(source)})
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A searcher pickled before repeats joined fused groups lacks their fields: it had
+        one member per config and no queue; its total is the configs it had asked."""
+        asked = len(state["ot"].trials) if "ot" in state else 0
+        defaults = {"repeats": 1, "slots": 1, "queue": [], "chunk": 1, "epochs": {},
+                    "ended": defaultdict(list), "total": state.get("left", 0) + asked}
+        self.__dict__.update({**defaults, **state})
 
 
 def _mean(values: list[float]) -> float:

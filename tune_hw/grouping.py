@@ -47,7 +47,8 @@ def make_groups(configs: Sequence[dict[str, Any]], fuse: str | int, slots: int =
     """Indices of `configs` per group: one structure per group, in first-seen order, each at
     most `largest_group`; the largest groups split in halves until there are at least
     min(slots, len(configs)) groups. The repeats of one config (results.config_id) stay in one
-    group unless they alone outnumber the largest group."""
+    group unless they alone outnumber the largest group, or a group of one config is halved
+    to fill the slots."""
     buckets: dict[str, dict[str, list[int]]] = {}  # structure -> config -> its repeats
     for index, config in enumerate(configs):
         repeats = buckets.setdefault(fused.structure_key(config), {})

@@ -41,8 +41,14 @@ def check_run_dir(run_dir: Path | ObjectPath, resume: bool, resolved: dict[str, 
     differ = sorted(k for k in current if k != "run_name" and stored.get(k) != current[k])
     if differ:
         raise UserError(f"run {run_dir.name!r} was made with a different study (differs in "
-                        f"{differ}): resume with the same study, --quick and --set options, "
-                        "or start a new --name")
+                        f"{differ}{_fuse_hint(stored, current)}): resume with the same study, "
+                        "--quick and --set options, or start a new --name")
+
+
+def _fuse_hint(stored: dict[str, Any], current: dict[str, Any]) -> str:
+    """What to add when search.fuse differs (a run made before `auto` became the default)."""
+    old, new = ((s.get("search") or {}).get("fuse", "off") for s in (stored, current))
+    return f"; its search.fuse was {old!r}, now {new!r}: add --fuse {old}" if old != new else ""
 
 
 def check_growth(run_dir: Path | ObjectPath, stored: dict[str, Any], current: dict[str, Any]

@@ -12,8 +12,9 @@ Mode min negates values, as Ray does. A result at max_t stops (the member is don
     stopped = board.decide([("cfgA", 2, 0.41), ("cfgA", 2, 0.45), ("cfgB", 2, 0.12)])
     # ["cfgB"] or []: cfgA's two repeats are judged at their mean, 0.43
 
-A config whose repeats train in different groups (more repeats than the largest group) is
-judged by the first group to report a rung; its other groups' members go on past that rung.
+A config whose repeats train in different groups (more repeats than the largest group, or
+split to fill the trial slots) is judged by the first group to report a rung; once stopped,
+its members in other groups stop when they report next.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class RungBoard:
         count = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
         self.rungs: list[tuple[float, dict[str, float]]] = [
             (grace_period * reduction_factor ** k, {}) for k in reversed(range(count))]
+        self.stopped: set[str] = set()  # configs stopped: their repeats in other groups too
 
     def on_result(self, key: str, epoch: int, value: float) -> bool:
         """Record a member's result; True when ASHA stops it here."""
@@ -55,8 +57,11 @@ class RungBoard:
     def decide(self, results: Iterable[tuple[str, int, float]]) -> list[str]:
         """The configs (of one group's epoch: a (config, epoch, value) per member) that ASHA
         stops before max_t."""
-        return [key for key, epoch, value in means(results)
-                if self.on_result(key, epoch, value) and epoch < self.max_t]
+        stop = [key for key, epoch, value in means(results)
+                if (key in self.stopped or self.on_result(key, epoch, value))
+                and epoch < self.max_t]
+        self.stopped.update(stop)
+        return stop
 
     def replay(self, results: Iterable[tuple[str, int, float]]) -> None:
         """Rebuild the rungs from stored results (a resumed search), deciding nothing."""
