@@ -166,3 +166,24 @@ def test_verbose_prints_rays_output_and_keeps_no_log(tmp_path):
     assert not re.search(r"trials \d/1 done", out)  # no progress display of ours
     assert re.search(r"best trial [\w-]+ \(by validation\)", proc.stdout)
     assert not Path(tmp_path, "lr_batch", "v1", layout.DRIVER_LOG).exists()
+
+
+def test_the_display_counts_members_that_left_a_running_group_as_done():
+    from types import SimpleNamespace
+
+    from tune_hw import progress, studies
+
+    study = studies.load_study("lr_batch", quick=True)
+    shown = progress.Progress(study, total=3, max_epochs=2)
+    shown._members, shown._seen, shown._done = {}, set(), set()
+    shown._t0, shown._epochs = time.monotonic(), 1
+    config = {"group": {"members": [{"train.lr": lr, "train.epochs": 2} for lr in (0.1, 0.2)]}}
+    group = SimpleNamespace(trial_id="g", status="RUNNING", path=None, config=config)
+    single = SimpleNamespace(trial_id="t", status="PENDING", path=None, config={})
+    row = {"epoch": 1, "val_acc": 0.5, "val_loss": 1.0}
+    shown._absorb(group, {"epoch": 1, "val_acc": 0.5, "members": {
+        "g-m00": {**row, "member_status": "running"},
+        "g-m01": {**row, "member_status": "early_stopped"}}})
+    view = shown.view([group, single])
+    assert (view.done, view.running, view.pending) == (1, 1, 1)
+    assert view.by_status == {"early_stopped": 1}

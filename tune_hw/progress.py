@@ -35,6 +35,10 @@ class Member:
     by_epoch: dict[int, dict[str, Any]] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
 
+    def left(self) -> bool:
+        """Whether it left a group that trains on (stopped, diverged or done before it)."""
+        return self.last.get(ray_files.MEMBER_STATUS_KEY) in ray_files.MEMBER_ENDED
+
     def rows(self) -> list[dict[str, Any]]:
         """Its reports in epoch order, a final report without an epoch (an error) last."""
         tail = [self.last] if self.last and self.last.get("epoch") is None else []
@@ -158,8 +162,12 @@ class Progress(Callback):
                 for status in [m.status(trial.status) for m in group] or ["error"]:
                     by_status[status] += 1
                 continue
-            running += max(len(group), 1) if trial.status == "RUNNING" else 0
-            todo += sum(max(self._target(m) - max(m.by_epoch, default=0), 0) for m in group)
+            for member in (m for m in group if m.left()):  # its group goes on without it
+                by_status[member.status("TERMINATED")] += 1
+            live = [m for m in group if not m.left()]
+            if trial.status == "RUNNING":
+                running += len(live) if group else 1
+            todo += sum(max(self._target(m) - max(m.by_epoch, default=0), 0) for m in live)
             todo += 0 if group else self.max_epochs
         known = sum(max(len(members.get(t.trial_id, [])), 1) for t in trials)
         todo += max(self.total - known, 0) * self.max_epochs  # an upper bound under ASHA
