@@ -71,7 +71,7 @@ def test_the_repeats_of_a_config_are_members_of_one_group(tmp_path):
 
 
 def test_optuna_proposes_each_config_with_its_repeats_and_tells_their_mean():
-    study = load_study("lr_batch", overrides={"search.fuse": "auto", "search.num_samples": 6,
+    study = load_study("lr_batch", overrides={"search.fuse": 64, "search.num_samples": 6,
                                               "search.repeats": 2})
     searcher = GroupSearcher(study, slots=2)
     groups = []
@@ -85,7 +85,7 @@ def test_optuna_proposes_each_config_with_its_repeats_and_tells_their_mean():
         for member in members_of_group:
             by_lr.setdefault(member["train.lr"], []).append(member[REPEAT_KEY])
             everywhere.setdefault(member["train.lr"], []).append(member[REPEAT_KEY])
-        largest = grouping.largest_group(members_of_group[0], "auto")
+        largest = grouping.largest_group(members_of_group[0], study.search["fuse"])
         if largest >= 2:  # a config's repeats train together where fusion pays
             assert all(sorted(r) == [0, 1] for r in by_lr.values())
         else:  # batch 1024: one member per group
@@ -151,11 +151,18 @@ def test_member_rows_expand_a_group_result():
 def test_fuse_is_read_from_the_study_and_auto_by_default():
     study = load_study("lr_batch", quick=True, overrides={"search.fuse": 4})
     assert study.search["fuse"] == 4
-    assert load_study("lr_batch").search["fuse"] == "auto"
+    assert load_study("width_depth").search["fuse"] == "auto"
+    # auto under Optuna with a searched structure (batch size) is off: a group's first ask
+    # would fix every member's structure and skew TPE's sample; an int still fuses it
+    assert load_study("lr_batch").search["fuse"] == "off"
+    assert grouping.resolve_fuse("auto", "optuna", ["train.lr", "train.seed"]) == "auto"
+    assert grouping.resolve_fuse("auto", "optuna", ["train.lr", "model"]) == "off"
+    assert grouping.resolve_fuse("auto", "random", ["train.batch_size"]) == "auto"
+    assert grouping.resolve_fuse(4, "optuna", ["train.batch_size"]) == 4
 
 
 def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member():
-    study = load_study("lr_batch", overrides={"search.fuse": "auto", "search.num_samples": 12})
+    study = load_study("lr_batch", overrides={"search.fuse": 64, "search.num_samples": 12})
     searcher = GroupSearcher(study, slots=2)
     groups = []
     while (suggested := searcher.suggest(f"t{len(groups)}")) != Searcher.FINISHED:
@@ -367,7 +374,7 @@ def test_asha_stops_a_member_while_its_group_goes_on(tmp_path, cli):
 def test_an_optuna_asha_study_fuses_its_members(tmp_path, cli):
     proc = cli("tune_hw.search", "lr_batch", "--quick", "--set",
                "space.train.batch_size={choice: [16, 128]}", "--num-samples", "6", "--fuse",
-               "auto", "--storage-path", str(tmp_path), "--name", "tpe")
+               "16", "--storage-path", str(tmp_path), "--name", "tpe")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = results.load_run(tmp_path / "lr_batch" / "tpe").trials
     assert len(trials) == 6 and trials.trial_id.is_unique
