@@ -89,3 +89,11 @@ def test_an_interrupted_search_stops_the_reproduce_with_130(tmp_path, monkeypatc
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [e["study"] for e in summary["studies"]] == ["deep"]
     assert "run the same command again to continue" in capsys.readouterr().err
+
+
+def test_report_only_searches_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(reproduce.search, "main", lambda argv: pytest.fail(f"searched {argv}"))
+    code = reproduce.main(["--quick", "--studies", "deep", "--report-only", "--storage-path",
+                           str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    entry = json.loads((tmp_path / "out" / "summary.json").read_text())["studies"][0]
+    assert code == 0 and entry["state"] == "new" and entry["session_wall_s"] is None

@@ -4,6 +4,7 @@ of every study's claims and verdicts.
     python -m tune_hw.reproduce --quick                        # CI-sized profiles, minutes
     python -m tune_hw.reproduce                                # the full studies (hours)
     python -m tune_hw.reproduce --quick --studies deep,epochs  # a subset
+    python -m tune_hw.reproduce --report-only                  # re-index the runs as they are
     python -m tune_hw.reproduce --storage-path /shared/runs --out reports/reproduce
 
 Each study's run is <storage-path>/<study>/full (quick: .../quick), the names `transfer`'s
@@ -49,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--studies", help="comma-separated subset of the studies (default all)")
     parser.add_argument("--bootstrap", type=int, default=None,
                         help="bootstrap resamples of each report (default the report's)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="search nothing: report the runs as they are (an interrupted one "
+                             "as far as it got)")
     return parser.parse_args(argv)
 
 
@@ -95,14 +99,15 @@ def reproduce_study(name: str, args: argparse.Namespace, storage: Path) -> dict[
     state = run_state(run_dir)
     started = time.perf_counter()
     code = 0
-    if state != "finished":
+    searching = state != "finished" and not args.report_only
+    if searching:
         argv = [name, "--storage-path", str(storage), "--name", run_name]
         argv += ["--quick"] if args.quick else []
         argv += ["--resume"] if state == "interrupted" else []
         print(f"reproduce: {name}: {'resuming' if state == 'interrupted' else 'running'} "
               f"{' '.join(argv)}", flush=True)
         code = search.main(argv)
-    session_s = None if state == "finished" else time.perf_counter() - started
+    session_s = time.perf_counter() - started if searching else None
     entry = {"study": name, "run_dir": str(run_dir), "state": state, "exit_code": code,
              "search_wall_s": search_wall(run_dir, session_s),
              "session_wall_s": None if session_s is None else round(session_s, 1),
