@@ -61,7 +61,7 @@ def test_the_index_lists_each_claim_escaped_with_its_verdict(tmp_path):
                 "search_wall_s": 12.5, "report": "deep/index.html", "findings": [finding]},
                {"study": "epochs", "description": "e", "state": "new", "exit_code": 1,
                 "search_wall_s": 3.0, "report": None, "findings": []}]
-    reproduce.write_index(tmp_path, entries, True, 15.5)
+    reproduce.write_index(tmp_path, entries, True, 99.0)  # this command's time
     page = (tmp_path / "index.html").read_text()
     assert "a &lt;b&gt; claim" in page and "x &amp; y" in page and "<b>" not in page
     assert '<td class=contradicted>contradicted</td><td>-0.25</td><td>[-0.3, -0.2]</td>' \
@@ -71,7 +71,8 @@ def test_the_index_lists_each_claim_escaped_with_its_verdict(tmp_path):
     assert "| deep | 12.5 | a <b> claim | contradicted | -0.25 | [-0.3, -0.2] | 6 |" in table
     assert "| epochs | 3 | no report (the search wrote no results) | | | | |" in table
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["profile"] == "quick" and summary["total_wall_s"] == 15.5
+    assert summary["profile"] == "quick" and summary["total_wall_s"] == 15.5  # 12.5 + 3.0
+    assert summary["session_wall_s"] == 99.0
     assert summary["studies"][0]["findings"] == [finding]
 
 

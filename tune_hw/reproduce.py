@@ -134,9 +134,12 @@ def search_wall(run_dir: Path, session_s: float | None) -> float | None:
 
 
 def write_index(out: Path, entries: list[dict[str, Any]], quick: bool, total_s: float) -> None:
-    """out/summary.json and out/index.html: every study's claims and verdicts."""
+    """out/summary.json and out/index.html: every study's claims and verdicts. total_wall_s
+    sums the studies' search wall times (over all sessions); session_wall_s is this command's."""
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"profile": "quick" if quick else "full", "total_wall_s": round(total_s, 1),
+    searched = round(sum(e["search_wall_s"] or 0.0 for e in entries), 1)
+    summary = {"profile": "quick" if quick else "full", "total_wall_s": searched,
+               "session_wall_s": round(total_s, 1),
                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "studies": entries}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     (out / "index.html").write_text(index_html(summary))
