@@ -27,6 +27,7 @@ from ray.tune.search import Searcher
 from tune_hw import fused, grouping
 from tune_hw.ray_files import GROUP_KEY, MEMBER_ENDED, MEMBER_STATUS_KEY, MEMBERS_KEY, member_id
 from tune_hw.results import REPEAT_KEY
+from tune_hw.rungs import nan_mean
 from tune_hw.studies import Study
 
 
@@ -106,7 +107,7 @@ class GroupSearcher(Searcher):
         values = self.epochs.setdefault((trial.number, epoch), {})
         values[member] = value
         if len(values) == self.repeats:
-            trial.report(_mean(list(values.values())), epoch)
+            trial.report(nan_mean(list(values.values())), epoch)
             del self.epochs[(trial.number, epoch)]
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
@@ -126,7 +127,7 @@ class GroupSearcher(Searcher):
         ended.append(member)
         if len(ended) < self.repeats:
             return
-        value = _mean([self.last.get(m, math.nan) for m in self.ended.pop(trial.number)])
+        value = nan_mean([self.last.get(m, math.nan) for m in self.ended.pop(trial.number)])
         if math.isnan(value):
             self.ot.tell(trial, state=optuna.trial.TrialState.FAIL if error
                          else optuna.trial.TrialState.PRUNED)
@@ -156,9 +157,3 @@ class GroupSearcher(Searcher):
         defaults = {"repeats": 1, "slots": 1, "queue": [], "chunk": 1, "epochs": {},
                     "ended": defaultdict(list), "total": state.get("left", 0) + asked}
         self.__dict__.update({**defaults, **state})
-
-
-def _mean(values: list[float]) -> float:
-    """The mean of the values that are numbers (NaN when none is), as Ray's Repeater's."""
-    numbers = [v for v in values if not math.isnan(v)]
-    return sum(numbers) / len(numbers) if numbers else math.nan

@@ -75,8 +75,10 @@ def means(results: Iterable[tuple[str, int, float]]) -> list[tuple[str, int, flo
     values: dict[tuple[str, int], list[float]] = {}
     for key, epoch, value in results:
         values.setdefault((key, epoch), []).append(float(value))
-    out = []
-    for (key, epoch), found in values.items():
-        numbers = [v for v in found if not math.isnan(v)]
-        out.append((key, epoch, sum(numbers) / len(numbers) if numbers else math.nan))
-    return out
+    return [(key, epoch, nan_mean(found)) for (key, epoch), found in values.items()]
+
+
+def nan_mean(values: Iterable[float]) -> float:
+    """The mean of the values that are numbers (NaN when none is), as Ray's Repeater's."""
+    numbers = [v for v in values if not math.isnan(v)]
+    return sum(numbers) / len(numbers) if numbers else math.nan
