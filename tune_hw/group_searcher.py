@@ -6,7 +6,11 @@ further member is asked with those values enqueued (Optuna's `enqueue_trial` wit
 parameters samples the rest). TPE runs with the constant liar, for parallel asks. Each member
 is told its own last reported value when it leaves or its group ends, as Ray's OptunaSearch
 tells a trial (COMPLETE with the last value; FAIL for an error without one), with its
-intermediate values reported per epoch. `num_samples` counts member trials.
+intermediate values reported per epoch. `num_samples` counts configs (member trials when
+there are no repeats).
+
+`search.fuse: auto` resolves to off for a space that searches structure (grouping.resolve_fuse):
+enqueueing the first ask's structure skews TPE's sample toward it; an int K still comes here.
 
 With `search.repeats` R > 1 each asked config is R members of its group (repeat r trains with
 seed train.seed + r: results.REPEAT_KEY), and `num_samples` counts configs, as Ray's Repeater
