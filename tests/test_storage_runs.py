@@ -74,7 +74,10 @@ def test_a_search_on_a_bucket_resumes_after_sigkill_and_reports(s3_bucket, ray_t
             assert max(written) == rows[-1]
     for group_id, trial_ids in members.items():
         names = {p.name for p in (run_dir / f"trial_{group_id}").iterdir()}
-        assert {"latest.pt", "rows.jsonl", "result.json"} <= names
+        # Ray's own result.json is not asked for: Ray uploads it on its sync period, so a
+        # group that finished just before the kill may never have it on the bucket (CI saw
+        # this); its rows.jsonl, written before each report, is what the tables above read
+        assert {"latest.pt", "rows.jsonl"} <= names
         assert all(layout.best_state_path(run_dir, t, group_id).is_file() for t in trial_ids)
     assert {"trials.parquet", "epochs.parquet", "study.yaml", "tuner.pkl"} <= \
         {p.name for p in run_dir.iterdir()}
