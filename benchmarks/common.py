@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from benchmarks.machine import tree_cpu_s
 from tune_hw import data, models, results
-from tune_hw.training import split_config
+from tune_hw.training import flush_denormals, split_config
 
 TORCH_THREADS = 1  # what a 1-CPU Ray trial gets (ray_trial.set_threads); both sides use it
 STUDY = "lr_batch"
@@ -70,9 +70,12 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 def warm_up() -> None:
     """Pay torch's one-time lazy imports (the first optimizer imports torch._dynamo) up front.
 
-    Otherwise the first bare-loop repeat would carry ~2-4 s that no later repeat does.
+    Otherwise the first bare-loop repeat would carry ~2-4 s that no later repeat does. Bare
+    loops also compute with subnormals as zero, as every trial does (ray_trial.set_threads):
+    the two sides then do the same arithmetic, and the ratios measure the tool's machinery.
     """
     torch.set_num_threads(TORCH_THREADS)
+    flush_denormals()
     torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
 
 

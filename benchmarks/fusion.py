@@ -208,6 +208,7 @@ def run(profile: str) -> dict[str, Any]:
     """Every model x batch size x K cell, then the mechanism comparison."""
     settings = PROFILES[profile]
     torch.set_num_threads(1)
+    training.flush_denormals()  # both sides, as every trial computes (ray_trial.set_threads)
     data_for = {model: load(model) for model in MODELS}
     out: dict[str, Any] = {"repeats": settings["repeats"], "models": MODELS, "cells": {},
                            "useful_members": {}}

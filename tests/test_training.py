@@ -134,3 +134,34 @@ def test_step_losses_come_back_in_step_order_across_chunks(monkeypatch):
     for value in range(10):
         losses.add(torch.tensor(float(value), requires_grad=True) * 1)
     assert losses.all().tolist() == [float(v) for v in range(10)]
+
+
+def _subnormals(obj) -> int:
+    """How many nonzero values below float32's smallest normal (1.2e-38) `obj` holds."""
+    if isinstance(obj, torch.Tensor):
+        size = obj.abs()
+        return int(((size > 0) & (size < torch.finfo(torch.float32).tiny)).sum())
+    if isinstance(obj, dict):
+        return sum(map(_subnormals, obj.values()))
+    return sum(map(_subnormals, obj)) if isinstance(obj, (list, tuple)) else 0
+
+
+def test_flushing_subnormals_keeps_a_trial_within_float_tolerance():
+    """Every trial computes with subnormals as zero (training.flush_denormals, for speed):
+    at batch 1 with momentum, dead units' momentum buffers decay into subnormals, and the
+    flushed trial reports what the plain one does."""
+    config = {"dataset.name": "countries", "dataset.n_train": 1500, "dataset.n_val": 500,
+              "dataset.n_test": 500, "model.name": "mlp", "model.width": 64,
+              "model.depth": 6, "train.epochs": 2, "train.lr": 0.01, "train.momentum": 0.9,
+              "train.batch_size": 1, "train.seed": 0}
+    plain, plain_states = collect(config)
+    try:
+        training.flush_denormals()
+        flushed, flushed_states = collect(config)
+    finally:
+        torch.set_flush_denormal(False)
+    assert _subnormals(plain_states[-1]["optimizer"]) > 1000  # the case it is for
+    assert _subnormals(flushed_states[-1]["optimizer"]) == 0
+    for ours, theirs in zip(flushed, plain, strict=True):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+        assert abs(ours["val_acc"] - theirs["val_acc"]) <= 0.01

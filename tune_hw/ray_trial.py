@@ -29,7 +29,7 @@ from tune_hw.layout import (
 from tune_hw.metrics import SENTINEL_METRICS
 from tune_hw.ranking import VALIDATION_METRICS, Ranking
 from tune_hw.storage import ObjectPath, atomic_write, location
-from tune_hw.training import run_trial
+from tune_hw.training import flush_denormals, run_trial
 
 
 class TrialStates:
@@ -102,7 +102,10 @@ def ray_context() -> tuple[str, dict[str, Any]]:
 
 
 def set_threads() -> None:
-    """Torch threads follow the CPUs Ray gave the trial (oversubscription slows every trial)."""
+    """Torch threads follow the CPUs Ray gave the trial (oversubscription slows every trial),
+    and compute with subnormals as zero (training.flush_denormals: set before the threads
+    start, which inherit it)."""
+    flush_denormals()
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
 
