@@ -3,10 +3,12 @@ interleaved, each a fresh `python -m tune_hw.search` process as a user starts it
 
     python -m benchmarks.fused_study                    # reduced lr_batch, 1 repeat
     python -m benchmarks.fused_study --profile full --repeats 2   # the shipped sizes
+    python -m benchmarks.fused_study --algorithm random          # random search both sides
 
-Fused groups search with random (not Optuna) for now, so both sides search lr_batch's space
-with random search and its ASHA settings (seed = repeat). Prints a Markdown table: wall
-seconds, the best validation accuracy, trials and Tune trials (groups), the load average.
+Both sides search lr_batch's space with its ASHA settings (seed = repeat), with the study's own
+search algorithm (Optuna's TPE) unless --algorithm says random. Prints a Markdown table: wall
+seconds, the best validation accuracy, trials and Tune trials (groups), trials per batch size,
+the load average.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ PROFILES = {  # --set overrides of lr_batch on both sides
 }
 
 
-def run_once(storage: Path, name: str, fuse: str, seed: int, profile: str) -> dict:
+def run_once(storage: Path, name: str, fuse: str, seed: int, profile: str,
+             algorithm: str | None) -> dict:
     """One search, timed; its best validation accuracy and counts from trials.parquet."""
-    sets = ["search.algorithm=random", *PROFILES[profile]]
+    sets = [*([f"search.algorithm={algorithm}"] if algorithm else []), *PROFILES[profile]]
     args = [sys.executable, "-m", "tune_hw.search", "lr_batch", "--fuse", fuse, "--seed",
             str(seed), "--storage-path", str(storage), "--name", name,
             *[a for s in sets for a in ("--set", s)]]
@@ -44,15 +47,17 @@ def run_once(storage: Path, name: str, fuse: str, seed: int, profile: str) -> di
     trials = pd.read_parquet(storage / "lr_batch" / name / "trials.parquet")
     return {"fuse": fuse, "seed": seed, "wall_s": wall,
             "best_val_acc": float(trials.best_val_acc.max()), "trials": len(trials),
-            "groups": int(trials.group_id.nunique()), "load": (load_before, load_average()[0])}
+            "groups": int(trials.group_id.nunique()), "load": (load_before, load_average()[0]),
+            "per_batch": trials.groupby("config/train.batch_size").size().to_dict()}
 
 
 def table(runs: list[dict]) -> str:
-    lines = ["| fuse | seed | wall s | best val acc | trials | Tune trials | load before/after |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| fuse | seed | wall s | best val acc | trials | Tune trials | trials per batch "
+             "size | load before/after |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
+        per_batch = ", ".join(f"{b}: {n}" for b, n in sorted(r["per_batch"].items()))
         lines.append(f"| {r['fuse']} | {r['seed']} | {r['wall_s']:.1f} | "
-                     f"{r['best_val_acc']:.4f} | {r['trials']} | {r['groups']} | "
+                     f"{r['best_val_acc']:.4f} | {r['trials']} | {r['groups']} | {per_batch} | "
                      f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |")
     by = {f: [r["wall_s"] for r in runs if r["fuse"] == f] for f in ("off", "auto")}
     ratio = sum(by["off"]) / sum(by["auto"])
@@ -64,13 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fused_study")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="reduced")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--algorithm", choices=["random"], default=None,
+                        help="search both sides with random search (default: the study's own)")
     args = parser.parse_args(argv)
     runs = []
     with tempfile.TemporaryDirectory(prefix="fused_study") as storage:
         for seed in range(args.repeats):
             for fuse in ("off", "auto") if seed % 2 == 0 else ("auto", "off"):
                 runs.append(run_once(Path(storage), f"{fuse}-{seed}", fuse, seed,
-                                     args.profile))
+                                     args.profile, args.algorithm))
                 print(runs[-1], file=sys.stderr, flush=True)
     print(table(runs))
     return 0

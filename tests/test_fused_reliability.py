@@ -7,6 +7,7 @@ import os
 import signal
 
 import pandas as pd
+import pytest
 from conftest import run_cli
 from test_reliability import (  # noqa: F401 (ray_tmp is a fixture)
     SLOW_TRIALS,
@@ -28,8 +29,14 @@ def group_epochs(run_dir) -> dict[str, list[int]]:
             for path in run_dir.glob("trial_*/rows.jsonl")}
 
 
-def test_a_sigkilled_fused_search_resumes_every_member(tmp_path, ray_tmp):  # noqa: F811
-    args = ["lr_batch", *SLOW_TRIALS, "--set", "search.num_samples=6", "--fuse", "2",
+# lr_batch's own search (Optuna, its groups proposed by a GroupSearcher restored from
+# tuner.pkl) as well as random search (its groups a grid cut once); later --set values win
+OPTUNA = ["--set", "search.algorithm=optuna", "--set", "space.train.batch_size={choice: [16]}"]
+
+
+@pytest.mark.parametrize("search", [[], OPTUNA], ids=["random", "optuna"])
+def test_a_sigkilled_fused_search_resumes_every_member(tmp_path, ray_tmp, search):  # noqa: F811
+    args = ["lr_batch", *SLOW_TRIALS, *search, "--set", "search.num_samples=6", "--fuse", "2",
             "--storage-path", str(tmp_path), "--name", "k1"]
     run_dir = tmp_path / "lr_batch" / "k1"
     proc = start_search(args, ray_tmp)

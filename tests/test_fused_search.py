@@ -152,13 +152,8 @@ def test_fuse_is_read_from_the_study_and_auto_by_default():
     study = load_study("lr_batch", quick=True, overrides={"search.fuse": 4})
     assert study.search["fuse"] == 4
     assert load_study("width_depth").search["fuse"] == "auto"
-    # auto under Optuna with a searched structure (batch size) is off: a group's first ask
-    # would fix every member's structure and skew TPE's sample; an int still fuses it
-    assert load_study("lr_batch").search["fuse"] == "off"
-    assert grouping.resolve_fuse("auto", "optuna", ["train.lr", "train.seed"]) == "auto"
-    assert grouping.resolve_fuse("auto", "optuna", ["train.lr", "model"]) == "off"
-    assert grouping.resolve_fuse("auto", "random", ["train.batch_size"]) == "auto"
-    assert grouping.resolve_fuse(4, "optuna", ["train.batch_size"]) == 4
+    # Optuna searching structure fuses too: its groups form from TPE's free asks
+    assert load_study("lr_batch").search["fuse"] == "auto"
 
 
 def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member():
@@ -189,6 +184,28 @@ def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member()
     told = {t.params["train.lr"]: t.value for t in searcher.ot.trials
             if t.state == TrialState.COMPLETE}
     assert told == {m["train.lr"]: pytest.approx(v) for m, v in zip(first, values.values(), strict=True)}
+
+
+def test_optuna_asks_every_config_freely_so_fusing_keeps_tpes_sample():
+    """The configs a fused Optuna study proposes are the ones TPE draws asked one by one: the
+    groups form from the asks, they do not steer them (enqueueing a first ask's batch size for
+    a whole group drew 20 of 40 configs at batch 1 in the full lr_batch run)."""
+    import optuna
+
+    study = load_study("lr_batch", overrides={"search.fuse": 64, "search.num_samples": 40})
+    searcher = GroupSearcher(study, slots=2)
+    groups = []
+    while (suggested := searcher.suggest(f"t{len(groups)}")) != Searcher.FINISHED:
+        groups.append(suggested["group"]["members"])
+    alone = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+        seed=study.train["seed"], constant_liar=True))
+    dists = {k: d.to_optuna() for k, d in study.distributions.items()}
+    asked = [alone.ask(dists).params for _ in range(40)]
+    proposed = [{k: m[k] for k in dists} for g in groups for m in g]
+    assert sorted(map(repr, proposed)) == sorted(map(repr, asked))
+    assert any(len(g) > 1 for g in groups) and len(groups) < 40  # and they still fuse
+    for members in groups:
+        assert len({m["train.batch_size"] for m in members}) == 1
 
 
 def test_a_restored_group_searcher_grows_to_more_configs_never_fewer(tmp_path):

@@ -1,16 +1,20 @@
 """Optuna proposes the members of fused groups (ask/tell), one Tune trial per group.
 
-A group's first member is `study.ask(distributions)`; its structural values (every searched
-key but lr, momentum, weight decay and seed: `fused.MEMBER_KEYS`) fix the group, and each
-further member is asked with those values enqueued (Optuna's `enqueue_trial` with partial
-parameters samples the rest). TPE runs with the constant liar, for parallel asks. Each member
-is told its own last reported value when it leaves or its group ends, as Ray's OptunaSearch
-tells a trial (COMPLETE with the last value; FAIL for an error without one), with its
-intermediate values reported per epoch. `num_samples` counts configs (member trials when
-there are no repeats).
+Every config is `study.ask(distributions)`, asked freely, so TPE draws the sample it draws
+unfused; TPE runs with the constant liar, as for any parallel asks. The asked configs wait in
+a pool of `window` (the configs of one slot's share of the study); a group takes the oldest
+waiting config and the others of its structure (every searched key but lr, momentum, weight
+decay and seed: `fused.structure_key`), at most what fusion pays for and 1/slots of the
+configs not started yet. So a group forms from what TPE proposed, never the other way round;
+the price is that a config is asked up to `window` configs before it starts, as if TPE had
+that many more parallel workers. Each member is told its own last reported value when it
+leaves or its group ends, as Ray's OptunaSearch tells a trial (COMPLETE with the last value;
+FAIL for an error without one), with its intermediate values reported per epoch.
 
-`search.fuse: auto` resolves to off for a space that searches structure (grouping.resolve_fuse):
-enqueueing the first ask's structure skews TPE's sample toward it; an int K still comes here.
+An earlier design asked one config and enqueued its structure for the rest of the group
+(`enqueue_trial` with partial parameters); that skews TPE toward the first ask's structure: in
+the full lr_batch run one batch-1 ask brought 19 more batch-1 configs (unfused TPE drew 7 of
+40), and that group trained alone on one core for most of an hour.
 
 With `search.repeats` R > 1 each asked config is R members of its group (repeat r trains with
 seed train.seed + r: results.REPEAT_KEY), and `num_samples` counts configs, as Ray's Repeater
@@ -43,7 +47,7 @@ class GroupSearcher(Searcher):
         self.fixed, self.fuse = study.fixed_config(), study.search["fuse"]
         self.repeats = study.search["repeats"]
         self.dists = {k: d.to_optuna() for k, d in study.distributions.items()}
-        self.total = self.left = study.search["num_samples"]  # configs: all, still to propose
+        self.total = self.left = study.search["num_samples"]  # configs: all, still to ask
         self.slots = max(1, slots)
         direction = "maximize" if study.search["mode"] == "max" else "minimize"
         sampler = optuna.samplers.TPESampler(seed=study.train["seed"], constant_liar=True)
@@ -53,6 +57,7 @@ class GroupSearcher(Searcher):
         self.last: dict[str, float] = {}  # member id -> its last reported value
         self.ended: dict[int, list[str]] = defaultdict(list)  # Optuna trial -> ended members
         self.epochs: dict[tuple[int, int], dict[str, float]] = {}  # (config, epoch): values
+        self.pool: list[optuna.trial.Trial] = []  # asked, in order, not in a group yet
         self.queue: list[tuple[optuna.trial.Trial, int]] = []  # (config, repeat) to group
         self.chunk = 1  # the members of one group while the queue lasts
 
@@ -61,32 +66,37 @@ class GroupSearcher(Searcher):
         return True  # the study already fixed metric, mode and space
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        """The next group's member configs, or FINISHED once num_samples configs exist."""
+        """The next group's member configs, or FINISHED once num_samples configs started."""
         if not self.queue:
-            if self.left <= 0:
-                return Searcher.FINISHED
             self._ask_members()
+            if not self.queue:
+                return Searcher.FINISHED
         members, self.queue = self.queue[:self.chunk], self.queue[self.chunk:]
         self.groups[trial_id] = [member_id(trial_id, k) for k in range(len(members))]
         self.trials.update(zip(self.groups[trial_id], [t for t, _ in members], strict=True))
         return {GROUP_KEY: {MEMBERS_KEY: [self._member_config(t, r) for t, r in members]}}
 
     def _ask_members(self) -> None:
-        """Queue the members of the next configs: the first config asked freely, the others
-        with its structure, each config's repeats together; `chunk` members make a group (a
-        config whose repeats outnumber the largest group spans several groups)."""
-        first = self.ot.ask(self.dists)
-        largest = grouping.largest_group({**self.fixed, **first.params}, self.fuse)
-        # the configs left spread over at least as many groups as trial slots: a group holds
-        # at most 1/slots of them, so the last groups do not leave slots idle while one runs
-        size = min(max(1, largest // self.repeats), math.ceil(self.left / self.slots))
-        structural = {k: v for k, v in first.params.items() if k not in fused.MEMBER_KEYS}
-        asked = [first]
-        for _ in range(size - 1):
-            self.ot.enqueue_trial(structural, skip_if_exists=False)
-            asked.append(self.ot.ask(self.dists))
-        self.left -= len(asked)
-        self.queue = [(trial, r) for trial in asked for r in range(self.repeats)]
+        """Queue the members of the next group: fill the pool with free asks, then take the
+        oldest pooled config and those of its structure, each config's repeats together;
+        `chunk` members make a group (a config whose repeats outnumber the largest group
+        spans several groups)."""
+        window = max(1, math.ceil(self.total / self.slots))
+        while self.left > 0 and len(self.pool) < window:
+            self.pool.append(self.ot.ask(self.dists))
+            self.left -= 1
+        if not self.pool:
+            return
+        structure = fused.structure_key(self._member_config(self.pool[0], 0))
+        largest = grouping.largest_group(self._member_config(self.pool[0], 0), self.fuse)
+        # the configs not started spread over at least as many groups as trial slots: a group
+        # holds at most 1/slots of them, so the last groups do not leave slots idle
+        not_started = len(self.pool) + self.left
+        size = min(max(1, largest // self.repeats), math.ceil(not_started / self.slots))
+        taken = [t for t in self.pool
+                 if fused.structure_key(self._member_config(t, 0)) == structure][:size]
+        self.pool = [t for t in self.pool if t not in taken]
+        self.queue = [(trial, r) for trial in taken for r in range(self.repeats)]
         self.chunk = min(largest, len(self.queue))
 
     def _member_config(self, trial: optuna.trial.Trial, repeat: int) -> dict[str, Any]:
@@ -155,9 +165,10 @@ class GroupSearcher(Searcher):
             self.__setstate__({**self.__dict__, **pickle.load(source)})
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """A searcher pickled before repeats joined fused groups lacks their fields: it had
-        one member per config and no queue; its total is the configs it had asked."""
+        """A searcher pickled before repeats joined fused groups (or before free asks) lacks
+        their fields: it had one member per config and no queue or pool; its total is the
+        configs it had asked."""
         asked = len(state["ot"].trials) if "ot" in state else 0
-        defaults = {"repeats": 1, "slots": 1, "queue": [], "chunk": 1, "epochs": {},
+        defaults = {"repeats": 1, "slots": 1, "pool": [], "queue": [], "chunk": 1, "epochs": {},
                     "ended": defaultdict(list), "total": state.get("left", 0) + asked}
         self.__dict__.update({**defaults, **state})

@@ -31,21 +31,6 @@ def parse_fuse(value: Any) -> str | int:
                      "e.g. fuse: 16)")
 
 
-def resolve_fuse(fuse: str | int, algorithm: str, searched: Sequence[str]) -> str | int:
-    """What `auto` means for a study: "off" under Optuna when the space searches more than the
-    per-member keys (lr, momentum, weight decay, seed), else `fuse` as given.
-
-    A fused Optuna group's first ask fixes the structure of all its members, which skews TPE's
-    sample toward that structure: in the full lr_batch run one batch-1 ask brought 19 more
-    batch-1 configs (unfused TPE drew 7 of 40), and that group trained alone on one core for
-    most of an hour. An int K still fuses such a study.
-    """
-    if fuse == "auto" and algorithm == "optuna" and \
-            any(key not in fused.MEMBER_KEYS for key in searched):
-        return "off"
-    return fuse
-
-
 def largest_group(config: dict[str, Any], fuse: str | int, device: str = "cpu") -> int:
     """The most members `config`'s structure may put in one group: 1 where it never fuses
     (resnet18, trees, or `auto` at a batch size where fusion loses)."""

@@ -256,13 +256,12 @@ def _check_search(study: Study, where: str) -> None:
 
 
 def _check_fuse(study: Study, where: str) -> None:
-    """search.fuse: auto, off or a group size K; `auto` resolved for the study (grouping)."""
+    """search.fuse: auto (the default), off or a group size K."""
     search = study.search
     try:
-        fuse = grouping.parse_fuse("auto" if search["fuse"] is None else search["fuse"])
+        search["fuse"] = grouping.parse_fuse("auto" if search["fuse"] is None else search["fuse"])
     except ValueError as exc:
         raise StudyError(f"{where}: {exc}") from None
-    search["fuse"] = grouping.resolve_fuse(fuse, search["algorithm"], list(study.space))
 
 
 def _parse_space(study: Study, where: str) -> dict[str, Distribution]:
