@@ -34,9 +34,11 @@ def group_epochs(run_dir) -> dict[str, list[int]]:
 OPTUNA = ["--set", "search.algorithm=optuna", "--set", "space.train.batch_size={choice: [16]}"]
 
 
-# 6 configs in groups of at most 2 on 2 slots: random cuts 3 groups from the whole sample;
-# Optuna's last groups hold at most half the configs not started (2, 2, then 1 and 1)
-@pytest.mark.parametrize("search, groups", [([], 3), (OPTUNA, 4)], ids=["random", "optuna"])
+# 6 configs in groups of at most 2: random cuts 3 groups from the whole sample (on up to 3
+# slots); Optuna's last groups hold at most 1/slots of the configs not started (2, 2, 1, 1 on
+# 2 slots, finer on more)
+@pytest.mark.parametrize("search, groups", [([], {3}), (OPTUNA, {3, 4, 5, 6})],
+                         ids=["random", "optuna"])
 def test_a_sigkilled_fused_search_resumes_every_member(tmp_path, ray_tmp, search,  # noqa: F811
                                                        groups):
     args = ["lr_batch", *SLOW_TRIALS, *search, "--set", "search.num_samples=6", "--fuse", "2",
@@ -59,7 +61,8 @@ def test_a_sigkilled_fused_search_resumes_every_member(tmp_path, ray_tmp, search
     trials = pd.read_parquet(run_dir / "trials.parquet")
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
     assert len(trials) == 6 and trials.trial_id.is_unique
-    assert trials.group_id.nunique() == groups
+    assert trials.group_id.nunique() in groups
+    assert trials.groupby("group_id").size().max() <= 2
     assert set(trials.status) == {"completed"}
     after = reported_epochs(run_dir)
     for group_id in finished:  # a finished group trained no epoch again

@@ -230,10 +230,10 @@ def test_a_group_searcher_pickled_before_repeats_joined_unpickles_and_grows():
     searcher = GroupSearcher(load_study("lr_batch", overrides={"search.num_samples": 4}), 2)
     while searcher.suggest(f"t{len(searcher.groups)}") != Searcher.FINISHED:
         pass
-    for name in ("repeats", "slots", "queue", "chunk", "epochs", "ended", "total"):
+    for name in ("repeats", "slots", "pool", "queue", "chunk", "epochs", "ended", "total"):
         del searcher.__dict__[name]  # the fields an older tuner.pkl does not hold
     old = pickle.loads(pickle.dumps(searcher))
-    assert (old.repeats, old.total, old.queue) == (1, 4, [])
+    assert (old.repeats, old.total, old.queue, old.pool) == (1, 4, [], [])
     old.on_trial_complete("t0", {"members": {"t0-m00": {"val_acc": 0.5, "epoch": 2,
                                                         "member_status": "completed"}}})
     old.grow(6)

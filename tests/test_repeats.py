@@ -63,7 +63,7 @@ def runs(tmp_path_factory):
         for algorithm in ("random", "optuna"):
             path = root / f"rep_{algorithm}.yaml"
             path.write_text(STUDY.replace("ALGORITHM", algorithm))
-            for fuse in ("off", "4"):  # an int: auto leaves a searched batch size unfused
+            for fuse in ("off", "4"):  # an int: groups of 4 members, 2 configs' repeats
                 code = search.main([str(path), "--storage-path", str(root), "--name", fuse,
                                     "--fuse", fuse])
                 assert code == 0

@@ -154,12 +154,15 @@ def test_flushing_subnormals_keeps_a_trial_within_float_tolerance():
               "dataset.n_test": 500, "model.name": "mlp", "model.width": 64,
               "model.depth": 6, "train.epochs": 2, "train.lr": 0.01, "train.momentum": 0.9,
               "train.batch_size": 1, "train.seed": 0}
-    plain, plain_states = collect(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a 1-CPU trial, and no torch worker thread keeps the flag
     try:
+        plain, plain_states = collect(config)
         training.flush_denormals()
         flushed, flushed_states = collect(config)
     finally:
         torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
     assert _subnormals(plain_states[-1]["optimizer"]) > 1000  # the case it is for
     assert _subnormals(flushed_states[-1]["optimizer"]) == 0
     for ours, theirs in zip(flushed, plain, strict=True):

@@ -62,7 +62,7 @@ def group_search(study: Study, space: dict[str, Any]) -> tuple[dict[str, Any], i
         limit = study.search["max_concurrent"] or max(1, slots)
         searcher = ConcurrencyLimiter(GroupSearcher(study, slots), max_concurrent=limit)
         # Tune's bound on its trials (groups): every group has a member, so at most the
-        # members; the GroupSearcher says FINISHED once it has proposed num_samples configs
+        # members; the GroupSearcher says FINISHED once its num_samples configs are in groups
         members = study.search["num_samples"] * study.search["repeats"]
         return {}, members, resumable.GrowingSearch(searcher)
     groups = group_configs(study, space, max(1, slots))

@@ -1,13 +1,14 @@
 """Optuna proposes the members of fused groups (ask/tell), one Tune trial per group.
 
-Every config is `study.ask(distributions)`, asked freely, so TPE draws the sample it draws
-unfused; TPE runs with the constant liar, as for any parallel asks. The asked configs wait in
+Every config is `study.ask(distributions)`, asked freely: no ask is steered by another's
+structure (TPE runs with the constant liar, as for any parallel asks). The asked configs wait in
 a pool of `window` (the configs of one slot's share of the study); a group takes the oldest
 waiting config and the others of its structure (every searched key but lr, momentum, weight
 decay and seed: `fused.structure_key`), at most what fusion pays for and 1/slots of the
 configs not started yet. So a group forms from what TPE proposed, never the other way round;
-the price is that a config is asked up to `window` configs before it starts, as if TPE had
-that many more parallel workers. Each member is told its own last reported value when it
+the price is later feedback: a config is asked before the results of the configs pooled with
+it are in, as if TPE had `window` more parallel workers (and TPE samples at random until 10
+configs have ended). Each member is told its own last reported value when it
 leaves or its group ends, as Ray's OptunaSearch tells a trial (COMPLETE with the last value;
 FAIL for an error without one), with its intermediate values reported per epoch.
 
