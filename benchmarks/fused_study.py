@@ -69,12 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fused_study")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="reduced")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds first-seed ... first-seed + repeats - 1 (an odd seed runs "
+                             "auto first: the order alternates)")
     parser.add_argument("--algorithm", choices=["random"], default=None,
                         help="search both sides with random search (default: the study's own)")
     args = parser.parse_args(argv)
     runs = []
     with tempfile.TemporaryDirectory(prefix="fused_study") as storage:
-        for seed in range(args.repeats):
+        for seed in range(args.first_seed, args.first_seed + args.repeats):
             for fuse in ("off", "auto") if seed % 2 == 0 else ("auto", "off"):
                 runs.append(run_once(Path(storage), f"{fuse}-{seed}", fuse, seed,
                                      args.profile, args.algorithm))
