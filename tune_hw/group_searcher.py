@@ -8,9 +8,9 @@ decay and seed: `fused.structure_key`), at most what fusion pays for and 1/slots
 configs not started yet. So a group forms from what TPE proposed, never the other way round;
 the price is later feedback: a config is asked before the results of the configs pooled with
 it are in, as if TPE had `window` more parallel workers (and TPE samples at random until 10
-configs have ended). Each member is told its own last reported value when it
-leaves or its group ends, as Ray's OptunaSearch tells a trial (COMPLETE with the last value;
-FAIL for an error without one), with its intermediate values reported per epoch.
+configs have ended). Each member is told its own last reported value when it leaves or its
+group ends, as Ray's OptunaSearch tells a trial (COMPLETE with the last value; FAIL for an
+error without one), with its intermediate values reported per epoch.
 
 An earlier design asked one config and enqueued its structure for the rest of the group
 (`enqueue_trial` with partial parameters); that skews TPE toward the first ask's structure: in
@@ -67,7 +67,8 @@ class GroupSearcher(Searcher):
         return True  # the study already fixed metric, mode and space
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        """The next group's member configs, or FINISHED once num_samples configs started."""
+        """The next group's member configs, or FINISHED once all num_samples configs are in
+        groups."""
         if not self.queue:
             self._ask_members()
             if not self.queue:
@@ -88,8 +89,8 @@ class GroupSearcher(Searcher):
             self.left -= 1
         if not self.pool:
             return
-        structure = fused.structure_key(self._member_config(self.pool[0], 0))
-        largest = grouping.largest_group(self._member_config(self.pool[0], 0), self.fuse)
+        oldest = self._member_config(self.pool[0], 0)
+        structure, largest = fused.structure_key(oldest), grouping.largest_group(oldest, self.fuse)
         # the configs not started spread over at least as many groups as trial slots: a group
         # holds at most 1/slots of them, so the last groups do not leave slots idle
         not_started = len(self.pool) + self.left
