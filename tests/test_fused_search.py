@@ -39,6 +39,15 @@ def config(**train):
     return {**MLP, **{f"train.{k}": v for k, v in train.items()}}
 
 
+def propose_all(searcher: GroupSearcher) -> list[list[dict]]:
+    """Every group a GroupSearcher proposes until FINISHED (Tune trial ids t0, t1, ...,
+    continuing after the groups it already has), as member config lists."""
+    groups = []
+    while (suggested := searcher.suggest(f"t{len(searcher.groups)}")) != Searcher.FINISHED:
+        groups.append(suggested["group"]["members"])
+    return groups
+
+
 @pytest.mark.parametrize("value, parsed", [("auto", "auto"), ("off", "off"), (False, "off"),
                                            (16, 16), (1, 1)])
 def test_fuse_values(value, parsed):
@@ -74,9 +83,7 @@ def test_optuna_proposes_each_config_with_its_repeats_and_tells_their_mean():
     study = load_study("lr_batch", overrides={"search.fuse": 64, "search.num_samples": 6,
                                               "search.repeats": 2})
     searcher = GroupSearcher(study, slots=2)
-    groups = []
-    while (suggested := searcher.suggest(f"t{len(groups)}")) != Searcher.FINISHED:
-        groups.append(suggested["group"]["members"])
+    groups = propose_all(searcher)
     members = [m for g in groups for m in g]
     assert len(members) == 12 and len(searcher.ot.trials) == 6  # num_samples counts configs
     everywhere = {}
@@ -159,9 +166,7 @@ def test_fuse_is_read_from_the_study_and_auto_by_default():
 def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member():
     study = load_study("lr_batch", overrides={"search.fuse": 64, "search.num_samples": 12})
     searcher = GroupSearcher(study, slots=2)
-    groups = []
-    while (suggested := searcher.suggest(f"t{len(groups)}")) != Searcher.FINISHED:
-        groups.append(suggested["group"]["members"])
+    groups = propose_all(searcher)
     assert sum(map(len, groups)) == 12 and len(groups) >= 2
     assert max(map(len, groups)) <= 6  # 12 members, 2 slots: never fewer groups than slots
     left = 12
@@ -194,9 +199,7 @@ def test_optuna_asks_every_config_freely_so_fusing_keeps_tpes_sample():
 
     study = load_study("lr_batch", overrides={"search.fuse": 64, "search.num_samples": 40})
     searcher = GroupSearcher(study, slots=2)
-    groups = []
-    while (suggested := searcher.suggest(f"t{len(groups)}")) != Searcher.FINISHED:
-        groups.append(suggested["group"]["members"])
+    groups = propose_all(searcher)
     alone = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
         seed=study.train["seed"], constant_liar=True))
     dists = {k: d.to_optuna() for k, d in study.distributions.items()}
@@ -211,16 +214,14 @@ def test_optuna_asks_every_config_freely_so_fusing_keeps_tpes_sample():
 def test_a_restored_group_searcher_grows_to_more_configs_never_fewer(tmp_path):
     study = load_study("lr_batch", overrides={"search.num_samples": 4})
     searcher = GroupSearcher(study, slots=2)
-    while searcher.suggest(f"t{len(searcher.groups)}") != Searcher.FINISHED:
-        pass
+    propose_all(searcher)
     searcher.save(str(tmp_path / "s.pkl"))
     restored = GroupSearcher(load_study("lr_batch", overrides={"search.num_samples": 8}), 2)
     restored.restore(str(tmp_path / "s.pkl"))  # what Tune's restore does: 4 configs, 0 left
     restored.grow(3)
     assert restored.suggest("late") == Searcher.FINISHED
     restored.grow(8)
-    while restored.suggest(f"t{len(restored.groups)}") != Searcher.FINISHED:
-        pass
+    propose_all(restored)
     assert len(restored.ot.trials) == 8 and restored.total == 8
 
 
@@ -228,8 +229,7 @@ def test_a_group_searcher_pickled_before_repeats_joined_unpickles_and_grows():
     import pickle
 
     searcher = GroupSearcher(load_study("lr_batch", overrides={"search.num_samples": 4}), 2)
-    while searcher.suggest(f"t{len(searcher.groups)}") != Searcher.FINISHED:
-        pass
+    propose_all(searcher)
     for name in ("repeats", "slots", "pool", "queue", "chunk", "epochs", "ended", "total"):
         del searcher.__dict__[name]  # the fields an older tuner.pkl does not hold
     old = pickle.loads(pickle.dumps(searcher))
