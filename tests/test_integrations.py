@@ -282,7 +282,7 @@ class RecordingStore:
     def report(self, member_id, config, epoch):
         pass
 
-    def finish(self, member_id, config, summary):
+    def finish(self, member_id, config, summary, epochs=()):
         self.finished.append(member_id)
 
 
