@@ -2,7 +2,7 @@
 of every study's claims and verdicts.
 
     python -m tune_hw.reproduce --quick                        # CI-sized profiles, minutes
-    python -m tune_hw.reproduce                                # the full studies (hours)
+    python -m tune_hw.reproduce                                # the full studies (35 min on 2 CPUs)
     python -m tune_hw.reproduce --quick --studies deep,epochs  # a subset
     python -m tune_hw.reproduce --report-only                  # re-index the runs as they are
     python -m tune_hw.reproduce --storage-path /shared/runs --out reports/reproduce
