@@ -282,7 +282,7 @@ class RecordingStore:
     def report(self, member_id, config, epoch):
         pass
 
-    def finish(self, member_id, config, summary, epochs=()):
+    def finish(self, member_id, config, summary):
         self.finished.append(member_id)
 
 

@@ -361,34 +361,3 @@ def test_a_trial_whose_state_ran_ahead_of_ray_resumes_with_every_epoch(tmp_path,
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
     assert trials.status.tolist() == ["completed"] and epochs.epoch.tolist() == [1, 2, 3]
     assert epochs.val_acc.tolist() == pytest.approx(before.val_acc.tolist())
-
-
-def test_sigkilled_asha_search_with_repeats_resumes_and_judges_configs(tmp_path, ray_tmp):
-    """--fuse off with repeats under ASHA (config_asha): a repeat paused at a rung when the
-    driver dies resumes after that epoch and never reports it again; the resumed scheduler
-    gets the rung's stored values back, so no repeat waits forever and each config's
-    repeats still share their fate."""
-    args = ["lr_batch", *SLOW_TRIALS, "--set", "search.num_samples=3", "--repeats", "3",
-            "--set", "scheduler.name=asha", "--set", "scheduler.grace_period=2",
-            "--set", "scheduler.reduction_factor=2", "--set", "dataset.n_train=6000",
-            "--storage-path", str(tmp_path), "--name", "k3"]
-    run_dir = tmp_path / "lr_batch" / "k3"
-    proc = start_search(args, ray_tmp)
-    wait_for(lambda: any(2 in e for e in written_epochs(run_dir).values()), 240,
-             "a repeat at the rung of epoch 2", proc)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    kill_pids(ray_pids_under(ray_tmp))
-
-    resumed = run_cli("tune_hw.search", *args, "--resume", env={"RAY_TMPDIR": ray_tmp},
-                      timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    trials = pd.read_parquet(run_dir / "trials.parquet")
-    epochs = pd.read_parquet(run_dir / "epochs.parquet")
-    assert len(trials) == 9 and set(trials.status) <= {"completed", "early_stopped"}
-    fate = trials.assign(done=trials.status == "completed").groupby("config_id").done
-    assert (fate.nunique() == 1).all(), trials[["config_id", "status", "final_epoch"]]
-    for trial_id, seen in reported_epochs(run_dir).items():
-        rows = epochs[epochs.trial_id == trial_id].epoch.tolist()
-        assert rows == list(range(1, len(rows) + 1))  # no gap, no repeat in the parquet
-        assert len(seen) == len(set(seen)) and seen.count(1) <= 1  # no epoch trained twice

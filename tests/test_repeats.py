@@ -8,7 +8,7 @@ import os
 import pytest
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from tune_hw import ray_files, results, search, studies, training, tuner
+from tune_hw import results, search, studies, training, tuner
 from tune_hw.results import REPEAT_KEY
 
 STUDY = """\
@@ -127,46 +127,3 @@ def test_rows_carry_split_sizes_and_the_running_train_loss(runs):
     # the running loss is the mean over the epoch's steps, not the end-of-epoch loss
     assert (first.train_loss_running != first.train_loss).all()
     assert set(a.seed) == set(b.seed) == {5, 6}
-
-
-def test_unfused_asha_judges_a_config_by_its_repeats_and_stops_them_together(tmp_path, cli):
-    """--fuse off with repeats: ASHA (config_asha.ConfigASHA) cuts configs, not trials, so a
-    config's seeds share their fate; Ray's ASHAScheduler would judge each seed alone. Three
-    repeats on two trial slots: two of them always wait, paused, for the third at a rung."""
-    proc = cli("tune_hw.search", "lr_batch", "--quick", "--set", "search.algorithm=random",
-               "--set", "space.train.batch_size={choice: [16]}", "--set", "train.epochs=4",
-               "--set", "space.train.lr={loguniform: [0.0003, 0.3]}", "--set",
-               "scheduler.grace_period=1", "--set", "scheduler.reduction_factor=2",
-               "--set", "dataset.n_train=600", "--num-samples", "6", "--repeats", "3",
-               "--fuse", "off", "--storage-path", str(tmp_path), "--name", "asha")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = tmp_path / "lr_batch" / "asha"
-    trials = results.load_run(run_dir).trials
-    assert len(trials) == 18 and trials.config_id.nunique() == 6
-    assert set(trials.status) == {"completed", "early_stopped"}
-    # Tune stopped the paused repeats of cut configs cleanly (no failed stop, no retry)
-    assert "Error stopping trial" not in (run_dir / "driver.log").read_text()
-    fate = trials.assign(done=trials.status == "completed").groupby("config_id").done
-    assert (fate.nunique() == 1).all(), trials[["config_id", "repeat", "status", "final_epoch"]]
-    # and at one rung: the repeats that waited there are stopped there, even one still saving
-    assert (trials.groupby("config_id").final_epoch.nunique() == 1).all()
-    # a repeat paused at a rung resumed from that epoch's state: Ray heard every epoch once,
-    # and its wall_s counts the time it trained before the pause too
-    epochs = results.load_run(run_dir).epochs.merge(trials[["trial_id", "config_id"]])
-    for _, trial in trials.iterrows():
-        reported = ray_files.read_result_rows(run_dir / f"trial_{trial.trial_id}")
-        assert [r["epoch"] for r in reported] == list(range(1, trial.final_epoch + 1))
-        assert trial.wall_s >= epochs[epochs.trial_id == trial.trial_id].epoch_s.sum()
-
-    # on --resume the scheduler's rungs are rebuilt from the stored rows: each config's mean
-    study = studies.load_study("lr_batch", overrides={
-        "search.algorithm": "random", "train.epochs": 4, "scheduler.grace_period": 1,
-        "scheduler.reduction_factor": 2, "search.repeats": 3, "search.fuse": "off"})
-    scheduler = tuner.make_scheduler(study, run_dir)
-    for milestone in (1, 2):  # the rungs below max_t = 4 (grace 1, factor 2)
-        reached = epochs[epochs.epoch == milestone].groupby("config_id").val_acc
-        complete = reached.mean()[reached.size() == 3].to_dict()
-        assert dict(scheduler.board.rungs)[milestone] == pytest.approx(complete)
-        partial = set(reached.size()[reached.size() < 3].index)  # they wait again
-        assert {key for key, epoch in scheduler.waiting if epoch == milestone} == partial
-    assert len(dict(scheduler.board.rungs)[1]) == 6  # every config reached the first rung

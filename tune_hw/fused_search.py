@@ -22,7 +22,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
 from ray.tune.search.variant_generator import generate_variants
 
-from tune_hw import cluster, grouping, ray_files, resumable
+from tune_hw import cluster, grouping, ray_files, results, resumable
 from tune_hw.group_searcher import GroupSearcher
 from tune_hw.ray_files import GROUP_KEY, MEMBERS_KEY
 from tune_hw.rungs import RungBoard
@@ -84,7 +84,15 @@ def start_board(study: Study, run_dir: Path | ObjectPath, max_t: int) -> str | N
     board = BoardActor.options(name=name, get_if_exists=True).remote(
         max_t, study.scheduler["grace_period"], study.scheduler["reduction_factor"],
         study.search["mode"])
-    stored = ray_files.stored_results(run_dir, study.search["metric"])
-    ray.get(board.replay.remote([(key, epoch, value) for _, key, epoch, value in stored]))
+    ray.get(board.replay.remote(stored_results(run_dir, study.search["metric"])))
     _BOARDS.append(board)
     return name
+
+
+def stored_results(run_dir: Path | ObjectPath, metric: str) -> list[tuple[str, int, float]]:
+    """(member's config id, epoch, metric value) of every result a run already holds."""
+    if not run_dir.is_dir():
+        return []
+    return [(results.config_id(record.config), row["epoch"], row[metric])
+            for record in ray_files.read_ray_trials(run_dir) for row in record.rows
+            if isinstance(row.get("epoch"), int) and isinstance(row.get(metric), (int, float))]

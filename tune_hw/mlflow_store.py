@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -112,16 +111,10 @@ class MlflowStore:
         metrics.append(Metric("diverged", float(is_true(row.get("diverged"))), now, step))
         self._client.log_batch(self.start(trial_id, config), metrics=metrics)
 
-    def finish(self, trial_id: str, config: dict[str, Any], summary: dict[str, Any],
-               epochs: Sequence[dict[str, Any]] = ()) -> None:
-        """The trial's status (its trials.parquet row, `summary`) as a tag, after the `epochs`
-        rows it has no metrics for yet (those Ray never reported: OptunaStore.finish); an
-        ended trial's run is terminated (FAILED for an error)."""
+    def finish(self, trial_id: str, config: dict[str, Any], summary: dict[str, Any]) -> None:
+        """The trial's status (its trials.parquet row, `summary`) as a tag; an ended trial's
+        run is terminated (FAILED for an error)."""
         run_id = self.start(trial_id, config)
-        logged = {m.step for m in self._client.get_metric_history(run_id, "diverged")}
-        for row in epochs:
-            if int(row["epoch"]) not in logged:
-                self.report(trial_id, config, row)
         status = summary["status"]
         self._client.set_tag(run_id, "status", status)
         if status in FINAL_STATUSES:

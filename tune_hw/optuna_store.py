@@ -12,7 +12,6 @@ intermediate values are that metric per healthy epoch; test metrics are user att
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,21 +91,14 @@ class OptunaStore:
         if not is_true(row.get("diverged")) and finite(value):
             self._storage.set_trial_intermediate_value(optuna_id, int(row["epoch"]), float(value))
 
-    def finish(self, trial_id: str, config: dict[str, Any], summary: dict[str, Any],
-               epochs: Sequence[dict[str, Any]] = ()) -> None:
-        """End the trial as its trials.parquet row (`summary`) says, after the `epochs` rows
-        it has no value for yet (those Ray never reported: a trial saves its state before each
-        report, so a crash between the two leaves an epoch only in its rows file); a finished
-        trial stays as it is (Optuna freezes it), a running or pending one stays open."""
+    def finish(self, trial_id: str, config: dict[str, Any], summary: dict[str, Any]) -> None:
+        """End the trial as its trials.parquet row (`summary`) says; a finished trial stays as
+        it is (Optuna freezes it), a running or pending one stays open."""
         state = FINAL_STATES.get(summary["status"]) or OPEN_STATES.get(summary["status"])
         optuna_id = self.start(trial_id, config, OPEN_STATES.get(summary["status"],
                                                                   TrialState.RUNNING))
         if self._trials[trial_id][1].is_finished() or state is None or not state.is_finished():
             return
-        have = self._storage.get_trial(optuna_id).intermediate_values
-        for row in epochs:
-            if int(row["epoch"]) not in have:
-                self.report(trial_id, config, row)
         for key, column in (("status", "status"), ("test_acc", "test_acc_at_best"),
                             ("best_epoch", "best_epoch")):
             value = plain(summary.get(column))

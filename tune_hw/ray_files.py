@@ -16,7 +16,7 @@ from typing import Any
 from tune_hw import layout
 from tune_hw.errors import UserError
 from tune_hw.ranking import Ranking
-from tune_hw.results import Run, TrialRecord, build_tables, config_id, load_run, read_study
+from tune_hw.results import Run, TrialRecord, build_tables, load_run, read_study
 from tune_hw.storage import ObjectPath, check_reachable
 
 RAY_ENDED = ("TERMINATED", "ERROR")  # Ray's statuses of a trial that will not run again
@@ -67,17 +67,6 @@ def read_ray_trials(run_dir: Path) -> list[TrialRecord]:
             trial_id = trial_id or trial_dir.name.removeprefix(layout.TRIAL_DIR_PREFIX)
             records.extend(_trial_records(str(trial_id), trial_dir, None, None))
     return records
-
-
-def stored_results(run_dir: Path | ObjectPath, metric: str
-                   ) -> list[tuple[str, str, int, float]]:
-    """(trial id, config id, epoch, metric value) of every result a run already holds, a
-    group's members one by one: what ASHA's rungs are rebuilt from on --resume."""
-    if not run_dir.is_dir():
-        return []
-    return [(record.trial_id, config_id(record.config), row["epoch"], row[metric])
-            for record in read_ray_trials(run_dir) for row in record.rows
-            if isinstance(row.get("epoch"), int) and isinstance(row.get(metric), (int, float))]
 
 
 def read_result_rows(trial_dir: Path) -> list[dict[str, Any]]:

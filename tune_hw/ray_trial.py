@@ -143,12 +143,10 @@ def tune_trainable(config: dict[str, Any], run_dir: str, ranking: Ranking) -> No
         reported[0] = True
 
     def report(metrics: dict[str, Any], trial_state: dict[str, Any]) -> None:
-        # all saved before the report: Tune may stop or pause the trial there (config_asha's
-        # pause resumes it from this epoch's state)
-        states.keep_if_best(metrics, trial_state)
+        states.keep_if_best(metrics, trial_state)  # before the report: Tune may stop us there
         states.append_row(metrics)
-        states.keep_latest(metrics, trial_state)
         tell_tune(metrics)
+        states.keep_latest(metrics, trial_state)
 
     latest = states.latest()
     try:

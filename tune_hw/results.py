@@ -170,12 +170,9 @@ def trial_summary(record: TrialRecord, epochs: list[dict], ranking: Ranking = DE
     last = record.rows[-1] if record.rows else {}
     best = ranking.best_epoch(epochs) or {}
     final = epochs[-1] if epochs else {}
-    # the sum of the epochs' report times (the latest report of a retried epoch), not Ray's
-    # time_total_s: that restarts from the marker checkpoint's total when a trial resumes
-    # after a pause (config_asha) or a retry, losing the epochs in between
-    reports = {r["epoch"]: r for r in record.rows if isinstance(r.get("epoch"), int)}
-    wall_s = sum(float(r.get("time_this_iter_s") or r.get("epoch_s") or 0.0)
-                 for r in reports.values())
+    wall_s = last.get("time_total_s")
+    if wall_s is None:
+        wall_s = sum(e["epoch_s"] or 0.0 for e in epochs)
     sized = next((r for r in reversed(record.rows) if finite(r.get("train_size"))), {})
     config = {k: v for k, v in record.config.items() if k != REPEAT_KEY}
     row = {

@@ -53,24 +53,7 @@ def _moved(spec_storage: Any) -> Any:
 
 class GrowingSearch(SearchGenerator):
     """Tune's wrapper of a Searcher (Optuna), restorable at a new place and to more trials.
-    The searcher itself (Optuna's study and sampler) is restored by Tune from its own state.
-
-    A trial that a scheduler stops while it is paused (config_asha) ends, in Tune, with no
-    result; the searcher is told its last reported one instead."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._last_results()[trial_id] = result
-        super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None,
-                          error: bool = False) -> None:
-        last = self._last_results().pop(trial_id, None)
-        super().on_trial_complete(trial_id, result=result or (None if error else last),
-                                  error=error)
-
-    def _last_results(self) -> dict[str, dict]:
-        # made on first use: a searcher unpickled from an older run's tuner.pkl lacks it
-        return self.__dict__.setdefault("last_results", {})
+    The searcher itself (Optuna's study and sampler) is restored by Tune from its own state."""
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)

@@ -79,9 +79,8 @@ class StoreCallback(Callback):
             seen = self._rows.pop(member_id, [])
             rows = expanded[member_id] if len(expanded[member_id]) >= len(seen) else seen
             record = TrialRecord(member_id, config, rows, error=error, ended=True)
-            epochs = results.epoch_rows(record)
-            summary = results.trial_summary(record, epochs, self.ranking)
-            self.store.finish(member_id, config, summary, epochs)
+            summary = results.trial_summary(record, results.epoch_rows(record), self.ranking)
+            self.store.finish(member_id, config, summary)
 
 
 class EpochTensorBoard(TBXLoggerCallback):

@@ -13,20 +13,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_hw import (
-    cluster,
-    fused_search,
-    group_trial,
-    layout,
-    ray_files,
-    ray_trial,
-    resumable,
-    tracking,
-)
-from tune_hw.config_asha import ConfigASHA, judges_configs
+from tune_hw import cluster, fused_search, group_trial, layout, ray_trial, resumable, tracking
 from tune_hw.distributions import Distribution
 from tune_hw.results import REPEAT_KEY
-from tune_hw.rungs import RungBoard
 from tune_hw.storage import ObjectPath
 from tune_hw.studies import Study
 
@@ -71,13 +60,14 @@ def make_search_alg(study: Study) -> Any:
     times and TPE is told the mean of their results; the random generator keeps its sampled
     values constant across the grid over the repeat index, so the repeats share one config."""
     seed, repeats = study.train["seed"], study.search["repeats"]
+    limit = study.search["max_concurrent"]
     if study.search["algorithm"] != "optuna":
         # it takes its own limit (0 = none): ConcurrencyLimiter refuses a non-Searcher
-        return resumable.GrowingVariants(random_state=seed, max_concurrent=live_limit(study, 0),
+        return resumable.GrowingVariants(random_state=seed, max_concurrent=limit,
                                          constant_grid_search=repeats > 1)
     # Without a ConcurrencyLimiter Tune keeps one trial of a custom searcher pending at a time,
     # so a cluster fills one trial after another and short trials all reuse the first actor.
-    limit = live_limit(study, cluster.concurrent_slots(study.resources))
+    limit = limit or cluster.concurrent_slots(study.resources)
     searcher = OptunaSearch(seed=seed)
     if repeats > 1:
         searcher = Repeater(searcher, repeat=repeats, set_index=True)
@@ -85,34 +75,19 @@ def make_search_alg(study: Study) -> Any:
         ConcurrencyLimiter(searcher, max_concurrent=limit) if limit > 0 else searcher)
 
 
-def live_limit(study: Study, default: int) -> int:
-    """The most live trials: `max_concurrent`, else `default` (0: no limit); at least
-    `repeats` where ConfigASHA pauses a config's repeats to wait for each other. That is
-    enough because a config's repeats are consecutive trials: Repeater suggests them in a
-    row, and Tune's generator varies the repeat index fastest (its key, `__trial_index__`,
-    sorts first among the grid keys)."""
-    limit = study.search["max_concurrent"] or default
-    return max(limit, study.search["repeats"]) if limit and judges_configs(study) else limit
-
-
 def max_epochs(study: Study) -> int:
     dist = study.distributions.get("train.epochs")
     return int(dist.upper if dist else study.train["epochs"])
 
 
-def make_scheduler(study: Study, run_dir: Path | ObjectPath) -> Any:
+def make_scheduler(study: Study) -> Any:
     """ASHA on the reported epoch (it survives restores), or FIFO (also for fused groups,
-    whose members ASHA judges one by one: fused_search.start_board). With repeats, ASHA
-    judges each config by the mean of its repeats (config_asha), its rungs rebuilt from the
-    run's stored results on --resume; Ray's ASHAScheduler judges single trials."""
+    whose members ASHA judges one by one: fused_search.start_board)."""
     if study.scheduler["name"] == "fifo" or study.search["fuse"] != "off":
         return FIFOScheduler()
-    rule = {"max_t": max_epochs(study), "grace_period": study.scheduler["grace_period"],
-            "reduction_factor": study.scheduler["reduction_factor"]}
-    if not judges_configs(study):
-        return ASHAScheduler(time_attr="epoch", **rule)
-    return ConfigASHA(RungBoard(**rule, mode=study.search["mode"]), study.search["repeats"],
-                      ray_files.stored_results(run_dir, study.search["metric"]))
+    return ASHAScheduler(time_attr="epoch", max_t=max_epochs(study),
+                         grace_period=study.scheduler["grace_period"],
+                         reduction_factor=study.scheduler["reduction_factor"])
 
 
 def search_inputs(study: Study) -> tuple[dict[str, Any], int, Any]:
@@ -156,7 +131,7 @@ def build_tuner(study: Study, storage: Path | ObjectPath, run_name: str,
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=search["metric"], mode=search["mode"], num_samples=samples,
-            search_alg=search_alg, scheduler=make_scheduler(study, storage / study.name / run_name),
+            search_alg=search_alg, scheduler=make_scheduler(study),
             reuse_actors=True, trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
@@ -182,8 +157,6 @@ def restore_tuner(study: Study, run_dir: Path | ObjectPath, trainable: Callable 
     tuner = tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
                                resume_unfinished=True, resume_errored=False,
                                restart_errored=False, param_space=space)
-    # tuner.pkl holds the scheduler as it was before the first run: rebuild its rungs
-    tuner._local_tuner._tune_config.scheduler = make_scheduler(study, run_dir)
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks = [*tracking.callbacks(study, run_dir), *callbacks]
     run_config.verbose = verbose
