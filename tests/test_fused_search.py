@@ -365,6 +365,62 @@ def test_a_diverged_member_leaves_while_its_group_goes_on(off_and_auto):
     assert pd.isna(diverged.best_val_acc) or diverged.final_epoch < 2
 
 
+GROWN = """\
+description: a fused grid x random study that grows
+dataset: {name: countries, n_train: 300, n_val: 200, n_test: 200}
+model: {name: mlp, width: 8, depth: 1}
+train: {epochs: 2, lr: 0.01, batch_size: 16, seed: 3}
+space:
+  train.lr: {loguniform: [1.0e-3, 1.0e-1]}
+  train.batch_size: {grid: [16, 32]}
+search: {algorithm: random, num_samples: 2, repeats: 2, fuse: auto}
+scheduler: {name: fifo}
+"""
+
+
+def test_a_fused_random_run_grows_on_resume_to_the_configs_a_new_run_draws(tmp_path, cli):
+    path = tmp_path / "grown.yaml"
+    path.write_text(GROWN)
+    run_dir = tmp_path / "runs" / "grown" / "g"
+    args = [str(path), "--storage-path", str(tmp_path / "runs"), "--name", "g"]
+    made = cli("tune_hw.search", *args)
+    assert made.returncode == 0, made.stderr[-3000:]
+    old = results.load_run(run_dir)
+    assert len(old.trials) == 8  # 2 samples x 2 batch sizes x 2 repeats
+
+    grown = cli("tune_hw.search", *args, "--num-samples", "3", "--resume")
+    assert grown.returncode == 0, grown.stderr[-3000:]
+    run = results.load_run(run_dir)
+    assert len(run.trials) == 12 and run.trials.trial_id.is_unique
+    assert set(run.trials.status) == {"completed"}
+    kept = run.trials.set_index("trial_id").loc[old.trials.trial_id].reset_index()
+    pd.testing.assert_frame_equal(kept[old.trials.columns], old.trials)  # nothing retrained
+    new = run.trials[~run.trials.trial_id.isin(old.trials.trial_id)]
+    assert not set(new.group_id) & set(old.trials.group_id)  # new groups, of new members
+    for _, group in new.groupby("group_id"):
+        assert group["config/train.batch_size"].nunique() == 1
+    # the 12 members are the ones a new run of 3 samples trains: its generator's first draws
+    # are the held run's, so the 4 added are its third sample (both batch sizes, both repeats)
+    study = load_study(str(path), overrides={"search.num_samples": 3})
+    expected = fused_search.member_configs(study, tuner.param_space(study))
+    def drawn(frame):
+        return sorted(zip(frame["config/train.lr"], frame["config/train.batch_size"],
+                          frame.repeat, strict=True))
+
+    def configs(members):
+        return sorted((c["train.lr"], c["train.batch_size"], c[REPEAT_KEY]) for c in members)
+
+    assert drawn(run.trials) == configs(expected)
+    assert drawn(new) == configs(expected[8:])
+
+    again = cli("tune_hw.search", *args, "--num-samples", "4", "--resume")  # a second growth
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = results.load_run(run_dir).trials
+    study = load_study(str(path), overrides={"search.num_samples": 4})
+    assert drawn(trials) == configs(fused_search.member_configs(study, tuner.param_space(study)))
+    assert trials.trial_id.is_unique and set(run.trials.trial_id) < set(trials.trial_id)
+
+
 def test_asha_stops_a_member_while_its_group_goes_on(tmp_path, cli):
     proc = cli("tune_hw.search", "lr_batch", "--quick", "--set", "search.algorithm=random",
                "--set", "space.train.batch_size={choice: [16]}", "--set", "train.epochs=4",

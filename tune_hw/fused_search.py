@@ -13,6 +13,7 @@ unfused: member trials (configs x repeats) of a grid/random search, configs unde
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +47,43 @@ def member_configs(study: Study, space: dict[str, Any]) -> list[dict[str, Any]]:
 
 def group_configs(study: Study, space: dict[str, Any], slots: int) -> list[dict[str, Any]]:
     """One Tune config per group: {"group": {"members": [flat member configs]}}."""
-    configs = member_configs(study, space)
+    return cut_groups(study, member_configs(study, space), slots)
+
+
+def cut_groups(study: Study, configs: list[dict[str, Any]], slots: int
+               ) -> list[dict[str, Any]]:
     device = "cuda" if study.resources["gpu"] > 0 else "cpu"
     groups = grouping.make_groups(configs, study.search["fuse"], slots, device)
     return [{MEMBERS_KEY: [configs[i] for i in group]} for group in groups]
+
+
+def space_growth(study: Study, space: dict[str, Any]
+                 ) -> Callable[[list[dict[str, Any]]], dict[str, Any] | None] | None:
+    """How a restored fused random/grid run grows on --resume --num-samples: given the param
+    spaces its Tuner holds (grids over groups), the grid over the groups of the member configs
+    they lack. Those are the configs a new run of the grown study draws after the held ones
+    (one seeded generator: its first draws are the held run's), cut into groups as a new run
+    cuts its sample. None where Tune grows the run itself (unfused) or the GroupSearcher does
+    (Optuna)."""
+    if study.search["fuse"] == "off" or study.search["algorithm"] == "optuna":
+        return None
+    slots = max(1, cluster.concurrent_slots(study.resources))
+
+    def added_space(held_spaces: list[dict[str, Any]]) -> dict[str, Any] | None:
+        held = sum(len(group[MEMBERS_KEY]) for held_space in held_spaces
+                   for group in held_space[GROUP_KEY]["grid_search"])
+        added = member_configs(study, space)[held:]
+        return {GROUP_KEY: tune.grid_search(cut_groups(study, added, slots))} if added else None
+
+    return added_space
 
 
 def group_search(study: Study, space: dict[str, Any]) -> tuple[dict[str, Any], int, Any]:
     """(param space, num_samples, search algorithm) of the Tuner of a fused study: a grid
     over the groups, each group one trial, at most `max_concurrent` running; with Optuna, a
     GroupSearcher that proposes each group when it starts (num_samples configs in all). Both
-    follow a moved run (resumable); the Optuna one also grows on --resume --num-samples."""
+    follow a moved run and grow on --resume --num-samples (resumable; the grid by
+    space_growth, the GroupSearcher by itself)."""
     slots = cluster.concurrent_slots(study.resources)
     if study.search["algorithm"] == "optuna":
         limit = study.search["max_concurrent"] or max(1, slots)

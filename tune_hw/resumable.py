@@ -6,18 +6,24 @@ trials. Restored trials are re-rooted by Tune itself, but trials created after t
 write into the old place (or fail there), and a finished run never gets new trials. These
 subclasses repair both in `set_state`, as Tune's controller does for the trials it restores:
 the spec's storage is re-pointed at the run's current place and the total is raised to the
-study's. The driver sets both with `follow()` before `fit()` (the controller runs in the
-driver); the restored instance is one of these classes because tuner.pkl names them by module
-path, so they must keep their names and this module its path.
+study's (a fused random/grid run, one grid over its groups, gets a grid over the groups it
+lacks instead: fused_search.space_growth). The driver sets all of it with `follow()` before
+`fit()` (the controller runs in the driver); the restored instance is one of these classes
+because tuner.pkl names them by module path, so they must keep their names and this module
+its path.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import pyarrow.fs as pafs
 from ray.tune.search import BasicVariantGenerator, SearchGenerator
+from ray.tune.search.basic_variant import _TrialIterator
+from ray.tune.search.variant_generator import _count_variants
 
 from tune_hw import storage
 
@@ -28,12 +34,17 @@ class Place:
     storage_path: ClassVar[str | None] = None  # the run's parent: a directory or a URI
     run_name: ClassVar[str | None] = None
     num_samples: ClassVar[int | None] = None
+    # the param spaces a restored generator holds -> one more to draw (None: nothing to add)
+    added_space: ClassVar[Callable[[list[dict]], dict | None] | None] = None
 
 
-def follow(storage_path: str, run_name: str, num_samples: int) -> None:
+def follow(storage_path: str, run_name: str, num_samples: int,
+           added_space: Callable[[list[dict]], dict | None] | None = None) -> None:
     """Make the next restore re-point new trials at `storage_path/run_name` and raise the
-    run's num_samples to `num_samples` (never lowered)."""
+    run's num_samples to `num_samples` (never lowered), or add `added_space`'s space to a
+    restored random/grid generator."""
     Place.storage_path, Place.run_name, Place.num_samples = storage_path, run_name, num_samples
+    Place.added_space = added_space
 
 
 def _moved(spec_storage: Any) -> Any:
@@ -92,3 +103,18 @@ class GrowingVariants(BasicVariantGenerator):
                 iterator.num_samples_left += extra
                 self._total_samples += extra * per_sample
                 self._finished = False
+        space = Place.added_space and Place.added_space(
+            [iterator.unresolved_spec["config"] for iterator in self._iterators])
+        if space:
+            self._add_space(space)
+
+    def _add_space(self, space: dict) -> None:
+        """One pass of Tune's generator over `space`, its trials numbered after the run's."""
+        spec = {**self._iterators[-1].unresolved_spec, "config": space, "num_samples": 1}
+        iterator = _TrialIterator(uuid_prefix=self._uuid_prefix, num_samples=1,
+                                  unresolved_spec=spec, start=self._total_samples,
+                                  random_state=self._random_state)
+        self._iterators.append(iterator)
+        self._trial_generator = itertools.chain(self._trial_generator, iterator)
+        self._total_samples += _count_variants(spec, [])
+        self._finished = False

@@ -60,14 +60,6 @@ def check_growth(run_dir: Path | ObjectPath, stored: dict[str, Any], current: di
     if isinstance(old, int) and isinstance(new, int) and new < old:
         raise UserError(f"run {run_dir.name!r} has search.num_samples {old}: --resume it with "
                         f"--num-samples {old} or more (a run grows, it never shrinks)")
-    search = current.get("search") or {}
-    fuse, algorithm = search.get("fuse", "off"), search.get("algorithm")
-    if isinstance(old, int) and isinstance(new, int) and new > old and fuse != "off" and \
-            algorithm != "optuna":  # its groups are a grid made once; Optuna's grow (GroupSearcher)
-        raise UserError(f"run {run_dir.name!r} is fused (search.fuse {fuse!r}) with "
-                        f"search.algorithm {algorithm}: growing it is not supported; --resume "
-                        f"it with --num-samples {old}, or grow it into a new --name (growing a "
-                        "fused Optuna run or an unfused one works)")
 
 
 def _without_growth(study: dict[str, Any]) -> dict[str, Any]:

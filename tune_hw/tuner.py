@@ -153,7 +153,8 @@ def restore_tuner(study: Study, run_dir: Path | ObjectPath, trainable: Callable 
     Tuner.restore takes no RunConfig, so this sets them on its private `_local_tuner`
     (tests pin it)."""
     space, samples, _ = search_inputs(study)
-    resumable.follow(str(run_dir.parent), run_dir.name, samples)
+    resumable.follow(str(run_dir.parent), run_dir.name, samples,
+                     fused_search.space_growth(study, param_space(study)))
     tuner = tune.Tuner.restore(str(run_dir), make_trainable(study, run_dir, trainable),
                                resume_unfinished=True, resume_errored=False,
                                restart_errored=False, param_space=space)
