@@ -30,7 +30,8 @@ def group_epochs(run_dir) -> dict[str, list[int]]:
 
 
 # lr_batch's own search (Optuna, its groups proposed by a GroupSearcher restored from
-# tuner.pkl) as well as random search (its groups a grid cut once); later --set values win
+# tuner.pkl) as well as random search (its groups a grid cut from the whole sample); later
+# --set values win
 OPTUNA = ["--set", "search.algorithm=optuna", "--set", "space.train.batch_size={choice: [16]}"]
 
 

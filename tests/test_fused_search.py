@@ -15,6 +15,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
 
 from tune_hw import fused_search, grouping, ray_files, results, tuner
+from tune_hw.errors import UserError
 from tune_hw.group_searcher import GroupSearcher
 from tune_hw.results import REPEAT_KEY
 from tune_hw.rungs import RungBoard
@@ -413,10 +414,16 @@ def test_a_fused_random_run_grows_on_resume_to_the_configs_a_new_run_draws(tmp_p
     assert drawn(run.trials) == configs(expected)
     assert drawn(new) == configs(expected[8:])
 
+    # a run whose members are not the grown study's first draws (another seed here, as if
+    # another version had drawn them) is refused before Ray starts; this one grows
+    other = load_study(str(path), overrides={"search.num_samples": 4, "train.seed": 4})
+    with pytest.raises(UserError, match="holds configs this version does not draw"):
+        fused_search.check_growth(other, tuner.param_space(other), run_dir, 3)
+    study = load_study(str(path), overrides={"search.num_samples": 4})
+    fused_search.check_growth(study, tuner.param_space(study), run_dir, 3)
     again = cli("tune_hw.search", *args, "--num-samples", "4", "--resume")  # a second growth
     assert again.returncode == 0, again.stderr[-3000:]
     trials = results.load_run(run_dir).trials
-    study = load_study(str(path), overrides={"search.num_samples": 4})
     assert drawn(trials) == configs(fused_search.member_configs(study, tuner.param_space(study)))
     assert trials.trial_id.is_unique and set(run.trials.trial_id) < set(trials.trial_id)
 
@@ -442,6 +449,17 @@ def test_asha_stops_a_member_while_its_group_goes_on(tmp_path, cli):
     assert rows[member.final_epoch - 1]["members"][member.trial_id]["member_status"] \
         == "early_stopped"
     assert all(member.trial_id not in row["members"] for row in rows[member.final_epoch:])
+    # a resumed search's board stops what this one stopped: a config's member that still
+    # trains elsewhere (its repeats in another group, a grown grid's copy) stops, even at its
+    # best value, and the rungs hold every stored result
+    values, stopped = fused_search.stored_rungs(run_dir, "val_acc")
+    assert sorted(stopped) == sorted(trials[trials.status == "early_stopped"].config_id)
+    assert len(values) == trials.final_epoch.sum()
+    board = RungBoard(max_t=4, grace_period=1, reduction_factor=2, mode="max")
+    board.replay(values, stopped)
+    assert board.decide([(member.config_id, 1, 1.0)]) == [member.config_id]
+    kept = trials[trials.status == "completed"].iloc[0]
+    assert board.decide([(kept.config_id, 2, 1.0)]) == []
 
 
 def test_an_optuna_asha_study_fuses_its_members(tmp_path, cli):

@@ -13,7 +13,7 @@ unfused: member trials (configs x repeats) of a grid/random search, configs unde
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
 from ray.tune.search.variant_generator import generate_variants
 
 from tune_hw import cluster, grouping, ray_files, results, resumable
+from tune_hw.errors import UserError
 from tune_hw.group_searcher import GroupSearcher
-from tune_hw.ray_files import GROUP_KEY, MEMBERS_KEY
+from tune_hw.ray_files import GROUP_KEY, MEMBER_STATUS_KEY, MEMBERS_KEY
 from tune_hw.rungs import RungBoard
 from tune_hw.storage import ObjectPath
 from tune_hw.studies import Study
@@ -52,22 +53,22 @@ def group_configs(study: Study, space: dict[str, Any], slots: int) -> list[dict[
 
 def cut_groups(study: Study, configs: list[dict[str, Any]], slots: int
                ) -> list[dict[str, Any]]:
+    """`configs` as group configs: fused where it pays, never fewer groups than `slots`."""
     device = "cuda" if study.resources["gpu"] > 0 else "cpu"
     groups = grouping.make_groups(configs, study.search["fuse"], slots, device)
     return [{MEMBERS_KEY: [configs[i] for i in group]} for group in groups]
 
 
-def space_growth(study: Study, space: dict[str, Any]
-                 ) -> Callable[[list[dict[str, Any]]], dict[str, Any] | None] | None:
+def space_growth(study: Study, space: dict[str, Any]) -> resumable.AddedSpace | None:
     """How a restored fused random/grid run grows on --resume --num-samples: given the param
     spaces its Tuner holds (grids over groups), the grid over the groups of the member configs
     they lack. Those are the configs a new run of the grown study draws after the held ones
     (one seeded generator: its first draws are the held run's), cut into groups as a new run
     cuts its sample. None where Tune grows the run itself (unfused) or the GroupSearcher does
     (Optuna)."""
-    if study.search["fuse"] == "off" or study.search["algorithm"] == "optuna":
+    if not grows_by_grid(study):
         return None
-    slots = max(1, cluster.concurrent_slots(study.resources))
+    slots = trial_slots(study)
 
     def added_space(held_spaces: list[dict[str, Any]]) -> dict[str, Any] | None:
         held = sum(len(group[MEMBERS_KEY]) for held_space in held_spaces
@@ -78,21 +79,53 @@ def space_growth(study: Study, space: dict[str, Any]
     return added_space
 
 
+def grows_by_grid(study: Study) -> bool:
+    """A fused random/grid study: its Tuner's space is one grid over its groups."""
+    return study.search["fuse"] != "off" and study.search["algorithm"] != "optuna"
+
+
+def trial_slots(study: Study) -> int:
+    """The trials the cluster runs at once, at least one (0 while Ray is not up)."""
+    return max(1, cluster.concurrent_slots(study.resources))
+
+
+def check_growth(study: Study, space: dict[str, Any], run_dir: Path | ObjectPath,
+                 held_samples: int) -> None:
+    """Before Ray starts: a fused random/grid run of `held_samples` grows (space_growth) by
+    the draws that follow its own, which holds only while this tune_hw and Ray draw what the
+    ones that made it drew; a run whose members are not the grown study's first draws is
+    refused."""
+    if not grows_by_grid(study) or held_samples >= study.search["num_samples"]:
+        return
+    configs = member_configs(study, space)
+    prefix = configs[:len(configs) // study.search["num_samples"] * held_samples]
+    held = Counter(_member_key(r.config) for r in ray_files.read_ray_trials(run_dir))
+    if held - Counter(map(_member_key, prefix)):
+        raise UserError(f"run {run_dir.name!r} holds configs this version does not draw for "
+                        "its study (made by another tune_hw or Ray?), so it cannot grow: "
+                        f"--resume it with --num-samples {held_samples}, or grow it into a "
+                        "new --name")
+
+
+def _member_key(config: dict[str, Any]) -> tuple[str, int]:
+    return results.config_id(config), int(config.get(results.REPEAT_KEY) or 0)
+
+
 def group_search(study: Study, space: dict[str, Any]) -> tuple[dict[str, Any], int, Any]:
     """(param space, num_samples, search algorithm) of the Tuner of a fused study: a grid
     over the groups, each group one trial, at most `max_concurrent` running; with Optuna, a
     GroupSearcher that proposes each group when it starts (num_samples configs in all). Both
     follow a moved run and grow on --resume --num-samples (resumable; the grid by
     space_growth, the GroupSearcher by itself)."""
-    slots = cluster.concurrent_slots(study.resources)
+    slots = trial_slots(study)
     if study.search["algorithm"] == "optuna":
-        limit = study.search["max_concurrent"] or max(1, slots)
+        limit = study.search["max_concurrent"] or slots
         searcher = ConcurrencyLimiter(GroupSearcher(study, slots), max_concurrent=limit)
         # Tune's bound on its trials (groups): every group has a member, so at most the
         # members; the GroupSearcher says FINISHED once its num_samples configs are in groups
         members = study.search["num_samples"] * study.search["repeats"]
         return {}, members, resumable.GrowingSearch(searcher)
-    groups = group_configs(study, space, max(1, slots))
+    groups = group_configs(study, space, slots)
     searcher = resumable.GrowingVariants(max_concurrent=study.search["max_concurrent"])
     return {GROUP_KEY: tune.grid_search(groups)}, 1, searcher
 
@@ -111,15 +144,19 @@ def start_board(study: Study, run_dir: Path | ObjectPath, max_t: int) -> str | N
     board = BoardActor.options(name=name, get_if_exists=True).remote(
         max_t, study.scheduler["grace_period"], study.scheduler["reduction_factor"],
         study.search["mode"])
-    ray.get(board.replay.remote(stored_results(run_dir, study.search["metric"])))
+    ray.get(board.replay.remote(*stored_rungs(run_dir, study.search["metric"])))
     _BOARDS.append(board)
     return name
 
 
-def stored_results(run_dir: Path | ObjectPath, metric: str) -> list[tuple[str, int, float]]:
-    """(member's config id, epoch, metric value) of every result a run already holds."""
-    if not run_dir.is_dir():
-        return []
-    return [(results.config_id(record.config), row["epoch"], row[metric])
-            for record in ray_files.read_ray_trials(run_dir) for row in record.rows
-            if isinstance(row.get("epoch"), int) and isinstance(row.get(metric), (int, float))]
+def stored_rungs(run_dir: Path | ObjectPath, metric: str
+                 ) -> tuple[list[tuple[str, int, float]], list[str]]:
+    """What a run already holds for its board: (member's config id, epoch, metric value) of
+    every result, and the config ids of the members ASHA stopped."""
+    records = ray_files.read_ray_trials(run_dir) if run_dir.is_dir() else []
+    values = [(results.config_id(record.config), row["epoch"], row[metric])
+              for record in records for row in record.rows
+              if isinstance(row.get("epoch"), int) and isinstance(row.get(metric), (int, float))]
+    stopped = [results.config_id(record.config) for record in records
+               if record.rows and record.rows[-1].get(MEMBER_STATUS_KEY) == "early_stopped"]
+    return values, stopped

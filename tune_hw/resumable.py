@@ -27,6 +27,9 @@ from ray.tune.search.variant_generator import _count_variants
 
 from tune_hw import storage
 
+# the param spaces a restored random/grid generator holds -> one more to draw (None: none)
+AddedSpace = Callable[[list[dict]], dict | None]
+
 
 class Place:
     """Where the restored run is now and how many samples it should reach (None: as saved)."""
@@ -34,12 +37,11 @@ class Place:
     storage_path: ClassVar[str | None] = None  # the run's parent: a directory or a URI
     run_name: ClassVar[str | None] = None
     num_samples: ClassVar[int | None] = None
-    # the param spaces a restored generator holds -> one more to draw (None: nothing to add)
-    added_space: ClassVar[Callable[[list[dict]], dict | None] | None] = None
+    added_space: ClassVar[AddedSpace | None] = None
 
 
 def follow(storage_path: str, run_name: str, num_samples: int,
-           added_space: Callable[[list[dict]], dict | None] | None = None) -> None:
+           added_space: AddedSpace | None = None) -> None:
     """Make the next restore re-point new trials at `storage_path/run_name` and raise the
     run's num_samples to `num_samples` (never lowered), or add `added_space`'s space to a
     restored random/grid generator."""
@@ -96,6 +98,8 @@ class GrowingVariants(BasicVariantGenerator):
         super().set_state(state)
         for iterator in self._iterators:
             iterator.unresolved_spec["storage"] = _moved(iterator.unresolved_spec["storage"])
+            # an unfused run draws more samples of its space; a fused one (num_samples 1, a
+            # grid over its groups) gets a space of new groups instead (added_space)
             if Place.num_samples is not None and Place.num_samples > iterator.num_samples:
                 extra = Place.num_samples - iterator.num_samples
                 per_sample = self._total_samples // max(iterator.num_samples, 1)  # grid size

@@ -63,10 +63,14 @@ class RungBoard:
         self.stopped.update(stop)
         return stop
 
-    def replay(self, results: Iterable[tuple[str, int, float]]) -> None:
-        """Rebuild the rungs from stored results (a resumed search), deciding nothing."""
+    def replay(self, results: Iterable[tuple[str, int, float]], stopped: Iterable[str] = ()
+               ) -> None:
+        """Rebuild the rungs from stored results (a resumed search), deciding nothing; the
+        configs ASHA `stopped` stop their members that still train (a config's repeats in
+        another group, or a grown grid's copy of it) as they did before the resume."""
         for key, epoch, value in sorted(means(results), key=lambda r: r[1]):
             self.on_result(key, epoch, value)
+        self.stopped.update(stopped)
 
 
 def means(results: Iterable[tuple[str, int, float]]) -> list[tuple[str, int, float]]:

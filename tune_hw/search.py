@@ -131,6 +131,7 @@ def run_search(args: argparse.Namespace, argv: list[str]) -> int:
     run_checks.check_writable(storage, run_dir.parent)  # first: an unreachable bucket
     run_checks.check_run_dir(run_dir, args.resume, resolved, storage)
     if args.resume:
+        tuner.check_growth(study, run_dir)
         download_log(run_dir)
     with terminal.run_log(local_log_dir(run_dir), enabled=not args.verbose) as settle:
         if not args.verbose:

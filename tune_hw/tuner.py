@@ -13,7 +13,16 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
-from tune_hw import cluster, fused_search, group_trial, layout, ray_trial, resumable, tracking
+from tune_hw import (
+    cluster,
+    fused_search,
+    group_trial,
+    layout,
+    ray_trial,
+    results,
+    resumable,
+    tracking,
+)
 from tune_hw.distributions import Distribution
 from tune_hw.results import REPEAT_KEY
 from tune_hw.storage import ObjectPath
@@ -140,6 +149,14 @@ def build_tuner(study: Study, storage: Path | ObjectPath, run_name: str,
                        *callbacks], verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=study.failure["max_failures"])),
     )
+
+
+def check_growth(study: Study, run_dir: Path | ObjectPath) -> None:
+    """Before Ray starts: a resumed fused random/grid run grows only by the draws that follow
+    its own (fused_search.check_growth)."""
+    held = (results.read_study(run_dir).get("search") or {}).get("num_samples")
+    if isinstance(held, int):  # run_checks.check_run_dir refused a run without one
+        fused_search.check_growth(study, param_space(study), run_dir, held)
 
 
 def restore_tuner(study: Study, run_dir: Path | ObjectPath, trainable: Callable | None = None,
