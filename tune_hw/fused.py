@@ -40,18 +40,20 @@ EpochEnd = Callable[[int], "Sequence[int] | None"]  # epoch -> members to stop a
 
 # The largest useful group per architecture and batch size (0: do not fuse), from
 # benchmarks/fusion.py: steps per CPU-second per member, K fused over one model at a time, one
-# torch thread, 2 interleaved repeats, on 2 shared Xeon cores at load average 11 (2026-12-02):
-#   mlp (lr_batch's, SGD)  batch 1:    K=4 3.3x  K=16 5.5x  K=64 6.1x
-#                          batch 16:       2.9x       4.5x       4.6x
-#                          batch 128:      2.2x       2.1x       1.6x
-#                          batch 1024:     1.2x       1.2x       1.0x
-#   mlp + BatchNorm        batch 16:       2.9x       5.0x       5.5x
-#                          batch 128:      1.8x       2.0x       1.9x
-#                          batch 1024:     1.0x       0.8x       0.7x   (fusion loses)
-#   cnn (architectures')   batch 1:        1.8x       3.1x       3.5x
-#                          batch 16:       1.6x       1.9x       1.9x
-#                          batch 128:      1.1x       1.1x       0.6x   (loses at K = 64)
-#                          batch 1024:     0.7x       0.5x       0.5x   (fusion loses)
+# torch thread, 3 interleaved repeats, on the 2 Xeon cores with nothing else running
+# (2026-12-02 15:08 UTC, benchmarks/RESULTS.md section 6; an earlier run at load 11 gave the
+# same K for every row):
+#   mlp (lr_batch's, SGD)  batch 1:    K=4 3.3x  K=16 5.7x  K=64 7.5x
+#                          batch 16:       3.4x       5.5x       5.9x
+#                          batch 128:      2.2x       2.7x       2.2x
+#                          batch 1024:     1.1x       1.1x       0.8x   (fusion loses)
+#   mlp + BatchNorm        batch 16:       2.8x       5.4x       6.3x
+#                          batch 128:      2.3x       2.7x       2.2x
+#                          batch 1024:     1.0x       0.9x       0.7x   (fusion loses)
+#   cnn (architectures')   batch 1:        1.8x       3.6x       3.9x
+#                          batch 16:       1.6x       2.0x       1.8x
+#                          batch 128:      1.1x       0.9x       0.6x   (under 1.2x: no gain)
+#                          batch 1024:     0.6x       0.6x       0.6x   (fusion loses)
 # A row's K is the largest within 10 % of its best gain, when that gain is >= 1.2x
 # (benchmarks.fusion.useful_members); mlp takes the lower of its two rows (a study may use
 # BatchNorm), and a batch size between two measured ones takes the larger one's row: the gain
@@ -61,7 +63,7 @@ EpochEnd = Callable[[int], "Sequence[int] | None"]  # epoch -> members to stop a
 # GPU steps. The benchmark times at most 400 steps from fresh models, before any momentum buffer
 # decays into subnormals; a long epoch gets there, and without training.flush_denormals (which
 # every trial sets) batch-1 gains at 10k steps were 1.7x at K = 4 and 2.2x at K = 16; with it,
-# 3.3x and 6.0x, as in the table.
+# 3.3x and 6.0x, close to the table (measured over 400 steps).
 FUSION_PAYS = {"mlp": {1: 64, 16: 64, 128: 16, 1024: 0}, "cnn": {1: 64, 16: 64, 128: 0, 1024: 0}}
 
 
