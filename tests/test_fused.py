@@ -34,6 +34,8 @@ ADAM_MEMBERS = [{"train.lr": 1e-3, "train.seed": 0},
                 {"train.lr": 3e-3, "train.weight_decay": 1e-1, "train.seed": 2}]
 CASES = {  # structure -> members that differ in lr, momentum, weight decay and seed
     "mlp-none-sgd": ({**COUNTRIES}, SGD_MEMBERS),
+    "mlp-none-residual-adamw": ({**COUNTRIES, "model.residual": True,
+                                 "train.optimizer": "adamw"}, ADAM_MEMBERS),
     "mlp-batch-residual-sgd": ({**COUNTRIES, "model.norm": "batch", "model.residual": True},
                                SGD_MEMBERS),
     "mlp-layer-residual-adam": ({**COUNTRIES, "model.norm": "layer", "model.residual": True,
@@ -92,7 +94,8 @@ def members_of(case):
 def assert_rows_match(fused_rows, plain_rows):
     assert [r["epoch"] for r in fused_rows] == [r["epoch"] for r in plain_rows]
     first_f, first_p = fused_rows[0], plain_rows[0]
-    assert first_f["train_loss_running"] == pytest.approx(first_p["train_loss_running"], rel=1e-4)
+    for key in ("train_loss_running", "train_loss"):  # during and after the first epoch
+        assert first_f[key] == pytest.approx(first_p[key], rel=1e-4), key
     for f, p in zip(fused_rows, plain_rows, strict=True):
         assert f["steps"] == p["steps"] and f["diverged"] == p["diverged"]
         assert f["val_acc"] == pytest.approx(p["val_acc"], abs=0.01)

@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 from test_reliability import (  # noqa: F401 (ray_tmp is a fixture)
+    LONG_EPOCHS,
     SLOW_TRIALS,
     kill_pids,
+    last_rows,
     ray_pids_under,
     ray_tmp,
     reported_epochs,
@@ -35,15 +37,16 @@ def group_epochs(run_dir) -> dict[str, list[int]]:
 OPTUNA = ["--set", "search.algorithm=optuna", "--set", "space.train.batch_size={choice: [16]}"]
 
 
-# 6 configs in groups of at most 2: random cuts 3 groups from the whole sample (on up to 3
-# slots); Optuna's last groups hold at most 1/slots of the configs not started (2, 2, 1, 1 on
-# 2 slots, finer on more)
+# 6 configs in groups of at most 2, two trials at once (max_concurrent, whatever the CPUs):
+# random cuts 3 groups from the whole sample; Optuna's last groups hold at most half of the
+# configs not started (2, 2, 1, 1 in one search; a resume from an earlier save of the searcher
+# may cut the rest otherwise)
 @pytest.mark.parametrize("search, groups", [([], {3}), (OPTUNA, {3, 4, 5, 6})],
                          ids=["random", "optuna"])
 def test_a_sigkilled_fused_search_resumes_every_member(tmp_path, ray_tmp, search,  # noqa: F811
                                                        groups):
     args = ["lr_batch", *SLOW_TRIALS, *search, "--set", "search.num_samples=6", "--fuse", "2",
-            "--storage-path", str(tmp_path), "--name", "k1"]
+            "--set", "search.max_concurrent=2", "--storage-path", str(tmp_path), "--name", "k1"]
     run_dir = tmp_path / "lr_batch" / "k1"
     proc = start_search(args, ray_tmp)
 
@@ -74,3 +77,33 @@ def test_a_sigkilled_fused_search_resumes_every_member(tmp_path, ray_tmp, search
         assert new == sorted(new)
     for trial_id in trials.trial_id:  # every member: epochs 1..6, no gap, no repeat
         assert epochs[epochs.trial_id == trial_id].epoch.tolist() == list(range(1, 7))
+
+
+def test_a_killed_group_worker_is_retried_and_every_member_continues(tmp_path, ray_tmp):  # noqa: F811
+    # one group of two members (one trial slot's share), long enough to be caught mid-run
+    args = ["lr_batch", *SLOW_TRIALS, "--set", "search.num_samples=2", "--fuse", "2",
+            "--set", "search.max_concurrent=1", "--max-failures", "2",
+            "--set", f"train.epochs={LONG_EPOCHS}", "--storage-path", str(tmp_path),
+            "--name", "w1"]
+    run_dir = tmp_path / "lr_batch" / "w1"
+    proc = start_search(args, ray_tmp)
+    row = wait_for(lambda: next((r for r in last_rows(run_dir).values()
+                                 if 3 <= r["epoch"] < LONG_EPOCHS), None), 240, "epoch 3", proc)
+    os.kill(row["pid"], signal.SIGKILL)  # the group's worker process, mid-training
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    trials = pd.read_parquet(run_dir / "trials.parquet")
+    epochs = pd.read_parquet(run_dir / "epochs.parquet")
+    assert len(trials) == 2 and trials.group_id.nunique() == 1  # both members in the group
+    assert set(trials.status) == {"completed"}
+    assert trials.final_epoch.tolist() == [LONG_EPOCHS] * 2
+    for trial_id in trials.trial_id:  # every member: each epoch once, none lost
+        assert epochs[epochs.trial_id == trial_id].epoch.tolist() == \
+            list(range(1, LONG_EPOCHS + 1))
+    # its time counts the epochs before the retry too (Ray's own clock restarts)
+    assert (trials.wall_s.to_numpy() >= epochs.groupby("trial_id").epoch_s.sum()
+            .loc[trials.trial_id].to_numpy()).all()
+    [seen] = reported_epochs(run_dir).values()  # Ray's copy, retries included
+    assert seen.count(1) == 1 and seen[-1] == LONG_EPOCHS  # never again from epoch 1
+    [last] = last_rows(run_dir).values()
+    assert last["pid"] != row["pid"]  # a new worker finished the group

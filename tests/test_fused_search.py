@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 from optuna.trial import TrialState
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
-from tune_hw import fused_search, grouping, ray_files, results, tuner
+from tune_hw import fused_search, grouping, ray_files, results, resumable, tuner
 from tune_hw.errors import UserError
 from tune_hw.group_searcher import GroupSearcher
 from tune_hw.results import REPEAT_KEY
@@ -141,6 +142,18 @@ def test_there_are_never_fewer_groups_than_slots():
     assert len(grouping.make_groups(configs[:2], "auto", slots=4)) == 2  # one member a group
 
 
+def test_groups_are_cut_for_the_trials_that_run_at_once():
+    overrides = {"search.algorithm": "random", "search.num_samples": 12,
+                 "space.train.batch_size": {"choice": [16]}}
+    study = load_study("lr_batch", overrides=overrides)
+    assert fused_search.trial_slots(study) == 1  # Ray is not up here: one slot at least
+    limited = load_study("lr_batch", overrides={**overrides, "search.max_concurrent": 3})
+    assert fused_search.trial_slots(limited) == 3  # what the user runs at once
+    space, _, _ = tuner.search_inputs(limited)
+    assert len(space[ray_files.GROUP_KEY]["grid_search"]) == 3  # 12 configs of one structure
+    assert len(tuner.search_inputs(study)[0][ray_files.GROUP_KEY]["grid_search"]) == 1
+
+
 def test_member_rows_expand_a_group_result():
     members = [config(lr=0.1, batch_size=16), config(lr=0.2, batch_size=16)]
     group = {"group": {"members": members}}
@@ -162,6 +175,26 @@ def test_fuse_is_read_from_the_study_and_auto_by_default():
     assert load_study("width_depth").search["fuse"] == "auto"
     # Optuna searching structure fuses too: its groups form from TPE's free asks
     assert load_study("lr_batch").search["fuse"] == "auto"
+
+
+@pytest.mark.parametrize("algorithm", ["optuna", "random"])
+def test_fuse_off_searches_one_trial_per_config_as_before_fusion(algorithm):
+    off = load_study("lr_batch", overrides={"search.fuse": "off", "search.algorithm": algorithm})
+    space, samples, search_alg = tuner.search_inputs(off)
+    assert space.keys() == tuner.param_space(off).keys()  # the flat space, no group key
+    assert {k: type(v) for k, v in space.items()} == \
+        {k: type(v) for k, v in tuner.param_space(off).items()}
+    assert samples == 40  # one Tune trial per config
+    base = resumable._base_searcher(search_alg)
+    assert type(base) is (OptunaSearch if algorithm == "optuna" else resumable.GrowingVariants)
+    assert isinstance(tuner.make_scheduler(off), ASHAScheduler)  # Ray's ASHA judges trials
+    fused_study = load_study("lr_batch", overrides={"search.algorithm": algorithm})
+    fused_space, _, fused_alg = tuner.search_inputs(fused_study)
+    if algorithm == "optuna":
+        assert type(resumable._base_searcher(fused_alg)) is GroupSearcher
+    else:
+        assert list(fused_space) == [ray_files.GROUP_KEY]
+    assert type(tuner.make_scheduler(fused_study)) is FIFOScheduler  # the RungBoard judges
 
 
 def test_optuna_proposes_groups_that_share_the_structure_and_tells_each_member():
@@ -296,9 +329,13 @@ def test_a_bad_fuse_is_one_line_and_exit_2(cli, tmp_path):
 
 
 # ------------------------------------------------------------------ a fused study end to end
+# two trials at once, whatever the machine's CPUs (groups are cut for the trials that run at
+# once: fused_search.trial_slots)
+TWO_AT_ONCE = ["--set", "search.max_concurrent=2"]
 STUDY = ["lr_batch", "--quick", "--set", "search.algorithm=random", "--set",
          "scheduler.name=fifo", "--set", "space.train.batch_size={choice: [16, 128]}",
-         "--set", "space.train.lr={loguniform: [0.001, 100.0]}", "--num-samples", "8"]
+         "--set", "space.train.lr={loguniform: [0.001, 100.0]}", "--num-samples", "8",
+         "--set", "train.track_grads=true", *TWO_AT_ONCE]
 
 
 @pytest.fixture(scope="module")
@@ -320,14 +357,20 @@ def by_config(trials):
 
 
 def test_a_fused_study_has_one_row_per_member_in_fewer_groups(off_and_auto):
-    trials, epochs, _ = off_and_auto["auto"]
+    trials, epochs, run_dir = off_and_auto["auto"]
     assert len(trials) == 8 and trials.trial_id.is_unique
     assert trials.group_id.nunique() < len(trials)
     assert (trials.trial_id.str.rsplit("-m", n=1).str[0] == trials.group_id).all()
     for _, group in trials.groupby("group_id"):  # one structure per group
         assert group["config/train.batch_size"].nunique() == 1
     assert set(epochs.trial_id) == set(trials.trial_id)
-    assert (epochs.group_id == epochs.trial_id.map(trials.set_index("trial_id").group_id)).all()
+    group_of = trials.set_index("trial_id").group_id
+    assert (epochs.group_id == epochs.trial_id.map(group_of)).all()
+    grads = results.load_run(run_dir).grads  # each member's own gradient norms, per epoch
+    healthy = epochs[~epochs.diverged.astype(bool)]  # a diverged epoch has none
+    assert sorted(set(zip(grads.trial_id, grads.epoch, strict=True))) == \
+        sorted(set(zip(healthy.trial_id, healthy.epoch, strict=True)))
+    assert (grads.group_id == grads.trial_id.map(group_of)).all()
     off_trials, off_epochs, _ = off_and_auto["off"]
     assert (off_trials.group_id == off_trials.trial_id).all()  # unfused: a group of itself
 
@@ -433,12 +476,12 @@ def test_asha_stops_a_member_while_its_group_goes_on(tmp_path, cli):
                "--set", "space.train.batch_size={choice: [16]}", "--set", "train.epochs=4",
                "--set", "space.train.lr={loguniform: [0.0001, 0.3]}", "--set",
                "scheduler.grace_period=1", "--set", "scheduler.reduction_factor=2",
-               "--num-samples", "6", "--fuse", "auto", "--storage-path", str(tmp_path),
-               "--name", "asha")
+               "--num-samples", "6", "--fuse", "auto", *TWO_AT_ONCE, "--storage-path",
+               str(tmp_path), "--name", "asha")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "lr_batch" / "asha"
     trials = results.load_run(run_dir).trials
-    assert len(trials) == 6 and trials.group_id.nunique() == 2  # two trial slots here
+    assert len(trials) == 6 and trials.group_id.nunique() == 2  # two trials at once
     stopped = trials[trials.status == "early_stopped"]
     assert len(stopped) and (trials.status == "completed").any()
     inside = [m for _, m in stopped.iterrows()
@@ -465,7 +508,7 @@ def test_asha_stops_a_member_while_its_group_goes_on(tmp_path, cli):
 def test_an_optuna_asha_study_fuses_its_members(tmp_path, cli):
     proc = cli("tune_hw.search", "lr_batch", "--quick", "--set",
                "space.train.batch_size={choice: [16, 128]}", "--num-samples", "6", "--fuse",
-               "16", "--storage-path", str(tmp_path), "--name", "tpe")
+               "16", *TWO_AT_ONCE, "--storage-path", str(tmp_path), "--name", "tpe")
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = results.load_run(tmp_path / "lr_batch" / "tpe").trials
     assert len(trials) == 6 and trials.trial_id.is_unique

@@ -53,13 +53,28 @@ def test_a_retried_epoch_keeps_its_latest_report():
     assert epochs.epoch.tolist() == [1, 2, 3] and epochs.val_acc.tolist() == [0.5, 0.6, 0.7]
 
 
+def test_wall_s_sums_every_epochs_report_time_across_a_resume():
+    rec = record("a", [0.5, 0.6, 0.7])
+    # Ray's clock restarts on a resume (here before epoch 3) and a retried epoch 2 is
+    # reported twice: its latest report counts, once
+    for row, (this, total) in zip(rec.rows, [(3.0, 3.0), (2.0, 5.0), (4.0, 4.0)], strict=True):
+        row.update(time_this_iter_s=this, time_total_s=total)
+    rec.rows.insert(2, {**rec.rows[1], "time_this_iter_s": 2.5, "time_total_s": 2.5})
+    trials, _, _ = results.build_tables([rec])
+    assert trials.wall_s.tolist() == [3.0 + 2.5 + 4.0]
+    without_ray = record("b", [0.5, 0.6])  # rows Ray never heard: the trial's epoch timer
+    assert results.build_tables([without_ray])[0].wall_s.tolist() == [4.0]
+
+
 def test_grad_rows_index_layers_from_input():
     rec = record("a", [0.5])
     rec.rows[0].update(grad_layers=["stem", "head"], grad_norms=[1e-6, 0.5])
     _, _, grads = results.build_tables([rec])
     assert grads.to_dict("records") == [
-        {"trial_id": "a", "epoch": 1, "layer": 0, "name": "stem", "grad_norm": 1e-6},
-        {"trial_id": "a", "epoch": 1, "layer": 1, "name": "head", "grad_norm": 0.5}]
+        {"trial_id": "a", "group_id": "a", "epoch": 1, "layer": 0, "name": "stem",
+         "grad_norm": 1e-6},
+        {"trial_id": "a", "group_id": "a", "epoch": 1, "layer": 1, "name": "head",
+         "grad_norm": 0.5}]
 
 
 def test_write_and_load_round_trip(tmp_path):

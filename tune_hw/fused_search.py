@@ -85,8 +85,10 @@ def grows_by_grid(study: Study) -> bool:
 
 
 def trial_slots(study: Study) -> int:
-    """The trials the cluster runs at once, at least one (0 while Ray is not up)."""
-    return max(1, cluster.concurrent_slots(study.resources))
+    """The trials that run at once, which fusion must keep busy: search.max_concurrent when
+    set (fewer than the cluster fits, or more on an autoscaling cluster), else what the
+    running cluster fits, at least one (concurrent_slots is 0 while Ray is not up)."""
+    return study.search["max_concurrent"] or max(1, cluster.concurrent_slots(study.resources))
 
 
 def check_growth(study: Study, space: dict[str, Any], run_dir: Path | ObjectPath,
@@ -119,8 +121,7 @@ def group_search(study: Study, space: dict[str, Any]) -> tuple[dict[str, Any], i
     space_growth, the GroupSearcher by itself)."""
     slots = trial_slots(study)
     if study.search["algorithm"] == "optuna":
-        limit = study.search["max_concurrent"] or slots
-        searcher = ConcurrencyLimiter(GroupSearcher(study, slots), max_concurrent=limit)
+        searcher = ConcurrencyLimiter(GroupSearcher(study, slots), max_concurrent=slots)
         # Tune's bound on its trials (groups): every group has a member, so at most the
         # members; the GroupSearcher says FINISHED once its num_samples configs are in groups
         members = study.search["num_samples"] * study.search["repeats"]

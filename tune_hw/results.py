@@ -49,7 +49,7 @@ TRIAL_SUMMARY_COLUMNS = [
 ASSIGNED_COLUMNS = ("trial_id", "group_id")
 REPORTED_COLUMNS = [c for c in EPOCH_COLUMNS if c not in ASSIGNED_COLUMNS]  # epoch, metrics
 METRIC_COLUMNS = [c for c in REPORTED_COLUMNS if c != "epoch"]  # what trackers log by epoch
-GRAD_COLUMNS = ["trial_id", "epoch", "layer", "name", "grad_norm"]
+GRAD_COLUMNS = ["trial_id", "group_id", "epoch", "layer", "name", "grad_norm"]
 # columns added after runs were first written, and what a run from before them means (the
 # name of a column to copy, or a value): before fusion each trial was its own group; before
 # repeats each trial its own config, repeat 0; sizes and the running loss were not measured
@@ -83,8 +83,8 @@ TRIAL_DTYPES = {
     **dict.fromkeys(SPLIT_SIZE_COLUMNS, "Int64"), "config_id": "str", "repeat": "Int64",
     "error": "str",
 }
-GRAD_DTYPES = {"trial_id": "str", "epoch": "int64", "layer": "int64", "name": "str",
-               "grad_norm": _FLOAT}
+GRAD_DTYPES = {"trial_id": "str", "group_id": "str", "epoch": "int64", "layer": "int64",
+               "name": "str", "grad_norm": _FLOAT}
 
 
 @dataclass
@@ -170,9 +170,11 @@ def trial_summary(record: TrialRecord, epochs: list[dict], ranking: Ranking = DE
     last = record.rows[-1] if record.rows else {}
     best = ranking.best_epoch(epochs) or {}
     final = epochs[-1] if epochs else {}
-    wall_s = last.get("time_total_s")
-    if wall_s is None:
-        wall_s = sum(e["epoch_s"] or 0.0 for e in epochs)
+    # the sum of the epochs' report times (a retried epoch's latest), not Ray's time_total_s:
+    # that restarts when a trial resumes (--resume, or a retry), losing the epochs before
+    reports = {r["epoch"]: r for r in record.rows if isinstance(r.get("epoch"), int)}
+    wall_s = sum(float(r.get("time_this_iter_s") or r.get("epoch_s") or 0.0)
+                 for r in reports.values())
     sized = next((r for r in reversed(record.rows) if finite(r.get("train_size"))), {})
     config = {k: v for k, v in record.config.items() if k != REPEAT_KEY}
     row = {
@@ -218,8 +220,9 @@ def grad_rows(record: TrialRecord) -> list[dict[str, Any]]:
     for epoch, row in sorted(by_epoch.items()):
         pairs = zip(row["grad_layers"], row["grad_norms"], strict=True)
         for layer, (name, norm) in enumerate(pairs):
-            out.append({"trial_id": record.trial_id, "epoch": epoch, "layer": layer,
-                        "name": name, "grad_norm": float(norm)})
+            out.append({"trial_id": record.trial_id,
+                        "group_id": record.group_id or record.trial_id, "epoch": epoch,
+                        "layer": layer, "name": name, "grad_norm": float(norm)})
     return out
 
 
