@@ -85,11 +85,13 @@ def test_write_and_load_round_trip(tmp_path):
 
 
 def test_a_run_written_before_the_later_columns_still_loads(tmp_path):
-    results.write_run(tmp_path, [record("a", [0.5, 0.6]), record("b", [0.4])],
-                      {"name": "s", "space": {}})
+    tracked = record("a", [0.5, 0.6])
+    tracked.rows[0].update(grad_layers=["stem"], grad_norms=[0.5])
+    results.write_run(tmp_path, [tracked, record("b", [0.4])], {"name": "s", "space": {}})
     for name, dropped in ((layout.TRIALS_FILE, ["group_id", "config_id", "repeat",
                                                 "train_eval_size"]),
-                          (layout.EPOCHS_FILE, ["group_id", "train_loss_running"])):
+                          (layout.EPOCHS_FILE, ["group_id", "train_loss_running"]),
+                          (layout.GRADS_FILE, ["group_id"])):
         frame = pd.read_parquet(tmp_path / name)
         frame.drop(columns=dropped).to_parquet(tmp_path / name)
     run = results.load_run(tmp_path)
@@ -98,6 +100,7 @@ def test_a_run_written_before_the_later_columns_still_loads(tmp_path):
     assert trials.repeat.tolist() == [0, 0] and trials.train_eval_size.isna().all()
     assert epochs.group_id.tolist() == epochs.trial_id.tolist()
     assert epochs.train_loss_running.isna().all()
+    assert run.grads.group_id.tolist() == run.grads.trial_id.tolist() == ["a"]
 
 
 def test_a_failed_write_leaves_the_previous_file_readable(tmp_path):
