@@ -12,6 +12,7 @@ from conftest import run_cli
 from test_reliability import (  # noqa: F401 (ray_tmp is a fixture)
     LONG_EPOCHS,
     SLOW_TRIALS,
+    kill_a_worker_mid_run,
     kill_pids,
     last_rows,
     ray_pids_under,
@@ -86,12 +87,7 @@ def test_a_killed_group_worker_is_retried_and_every_member_continues(tmp_path, r
             "--set", f"train.epochs={LONG_EPOCHS}", "--storage-path", str(tmp_path),
             "--name", "w1"]
     run_dir = tmp_path / "lr_batch" / "w1"
-    proc = start_search(args, ray_tmp)
-    row = wait_for(lambda: next((r for r in last_rows(run_dir).values()
-                                 if 3 <= r["epoch"] < LONG_EPOCHS), None), 240, "epoch 3", proc)
-    os.kill(row["pid"], signal.SIGKILL)  # the group's worker process, mid-training
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    row = kill_a_worker_mid_run(run_dir, start_search(args, ray_tmp))  # the group's worker
     trials = pd.read_parquet(run_dir / "trials.parquet")
     epochs = pd.read_parquet(run_dir / "epochs.parquet")
     assert len(trials) == 2 and trials.group_id.nunique() == 1  # both members in the group

@@ -162,6 +162,17 @@ def test_resume_errors_are_one_line(tmp_path, cli):
     assert "nothing to resume: no run 'nope'" in proc.stderr
 
 
+def kill_a_worker_mid_run(run_dir: Path, proc) -> dict:
+    """SIGKILL a trial's worker process once Ray's copy of its results is past epoch 3 and
+    short of the last, and wait for the search to succeed; the row it was killed after."""
+    row = wait_for(lambda: next((r for r in last_rows(run_dir).values()
+                                 if 3 <= r["epoch"] < LONG_EPOCHS), None), 240, "epoch 3", proc)
+    os.kill(row["pid"], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return row
+
+
 def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, ray_tmp):
     # Long enough to be caught mid-run: Ray copies result.json to the storage path on its
     # snapshot schedule (about every 10 s), so what this test reads lags the trial
@@ -169,12 +180,7 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(tmp_path, ray_tmp)
             "--set", f"train.epochs={LONG_EPOCHS}", "--storage-path", str(tmp_path),
             "--name", "w1"]
     run_dir = tmp_path / "lr_batch" / "w1"
-    proc = start_search(args, ray_tmp)
-    row = wait_for(lambda: next((r for r in last_rows(run_dir).values()
-                                 if 3 <= r["epoch"] < LONG_EPOCHS), None), 240, "epoch 3", proc)
-    os.kill(row["pid"], signal.SIGKILL)  # the trial's worker process, mid-training
-    out, err = proc.communicate(timeout=240)
-    assert proc.returncode == 0, err[-3000:]
+    kill_a_worker_mid_run(run_dir, start_search(args, ray_tmp))
     trials = pd.read_parquet(run_dir / "trials.parquet")
     assert trials.status.tolist() == ["completed"]
     assert trials.final_epoch.tolist() == [LONG_EPOCHS]
