@@ -63,9 +63,9 @@ def space_growth(study: Study, space: dict[str, Any]) -> resumable.AddedSpace | 
     """How a restored fused random/grid run grows on --resume --num-samples: given the param
     spaces its Tuner holds (grids over groups), the grid over the groups of the member configs
     they lack. Those are the configs a new run of the grown study draws after the held ones
-    (one seeded generator: its first draws are the held run's), cut into groups as a new run
-    cuts its sample. None where Tune grows the run itself (unfused) or the GroupSearcher does
-    (Optuna)."""
+    (one seeded generator: its first draws are the held run's), cut into groups of their own
+    (the held groups stay as they are). None where Tune grows the run itself (unfused) or the
+    GroupSearcher does (Optuna)."""
     if not grows_by_grid(study):
         return None
     slots = trial_slots(study)
